@@ -1,0 +1,6 @@
+//! Build script: libtorch rpath and CUDA linking (shared with other crates).
+include!("../build-support/libtorch_link.rs");
+
+fn main() {
+    libtorch_link();
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The README's test command: installs what it needs (libtorch, once), then runs
+# formatting, lints and every test of the workspace on the CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup-libtorch.sh
+for c in rustfmt clippy; do
+    if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        echo "[test] installing the $c component" >&2
+        rustup component add "$c"
+    fi
+done
+
+echo "[test] cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "[test] cargo clippy --workspace --all-targets -- -D warnings" >&2
+cargo clippy --workspace --all-targets -- -D warnings
+echo "[test] cargo test --workspace" >&2
+cargo test --workspace
