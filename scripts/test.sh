@@ -17,4 +17,10 @@ cargo fmt --all -- --check
 echo "[test] cargo clippy --workspace --all-targets -- -D warnings" >&2
 cargo clippy --workspace --all-targets -- -D warnings
 echo "[test] cargo test --workspace" >&2
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set -o pipefail
+cargo test --workspace 2>&1 | tee "$log"
+# One closing line over every test binary and doctest of the workspace.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "workspace: %d passed, %d failed\n", p, f }' "$log"

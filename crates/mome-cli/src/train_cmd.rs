@@ -1,0 +1,323 @@
+//! `mome train --config FILE.toml [--resume]`: train a GPT-2 causal LM from scratch
+//! on token shards (method §3: the teacher and the students share this code).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use mome_core::trainer::{BatchSource, TrainConfig, Trainer};
+use mome_core::DeviceSpec;
+use mome_data::sampler::{BatchSampler, SamplerConfig, SamplerKind};
+use mome_data::shards::ShardSet;
+use mome_data::tokenizer::load_tokenizer;
+use mome_experts::{causal_lm_loss, Gpt2Config, Gpt2Input, Gpt2LmHeadModel};
+use serde::Deserialize;
+use tch::{nn, Tensor};
+
+use crate::lm_cmd::{evaluate, open_shards_for};
+
+/// Arguments of `mome train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// TOML config (see configs/*.toml and docs/config.md).
+    #[arg(long)]
+    config: PathBuf,
+    /// Continue from the latest checkpoint in the run folder.
+    #[arg(long)]
+    resume: bool,
+    /// Override the config's `out_dir`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override the config's `device`.
+    #[arg(long)]
+    device: Option<DeviceSpec>,
+    /// Override `train.max_steps`.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// No progress bar or log lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The whole `mome train` config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainFile {
+    /// Run folder: checkpoints, metrics.jsonl, the final model in `model/`.
+    pub out_dir: PathBuf,
+    /// auto | cpu | cuda | cuda:N
+    #[serde(default)]
+    pub device: DeviceSpec,
+    /// The model: a preset and/or Hugging Face GPT-2 config fields.
+    pub model: toml::Table,
+    /// Data and sampler.
+    pub data: DataSection,
+    /// Evaluation during training.
+    #[serde(default)]
+    pub eval: EvalSection,
+    /// Optimiser, schedule, steps, precision (mome-core's `TrainConfig`).
+    pub train: TrainConfig,
+}
+
+/// `[data]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Shard folder made by `mome data encode`.
+    pub shards: PathBuf,
+    /// Optional tokenizer.json, checked against the shards' tokenizer hash.
+    pub tokenizer: Option<PathBuf>,
+    /// balanced | mixed | blocks | sequential
+    #[serde(default = "default_sampler")]
+    pub sampler: SamplerKind,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Domains to train on, in order (empty = all).
+    #[serde(default)]
+    pub domains: Vec<String>,
+}
+
+fn default_sampler() -> SamplerKind {
+    SamplerKind::Mixed
+}
+
+/// `[eval]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Validation sequences per domain at each evaluation (0 = all).
+    #[serde(default = "default_eval_max")]
+    pub max_sequences: usize,
+    /// Sequences per forward pass.
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+}
+
+fn default_eval_max() -> usize {
+    64
+}
+fn default_eval_batch() -> usize {
+    8
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            max_sequences: default_eval_max(),
+            batch_size: default_eval_batch(),
+        }
+    }
+}
+
+/// Builds a [`Gpt2Config`] from a `[model]` table: `preset` (teacher-medium,
+/// student-6l, student-3l, custom) plus Hugging Face GPT-2 fields that override it.
+/// Unknown keys are rejected by name; `vocab_size` defaults to the shards' vocabulary.
+pub fn model_config(table: &toml::Table, shards_vocab: usize) -> Result<Gpt2Config> {
+    let vocab = table
+        .get("vocab_size")
+        .and_then(|v| v.as_integer())
+        .unwrap_or(shards_vocab as i64);
+    let preset = table.get("preset").map(|v| v.as_str().unwrap_or(""));
+    let base = match preset {
+        None | Some("custom") => Gpt2Config {
+            vocab_size: vocab,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+            ..Gpt2Config::student_3l(vocab)
+        },
+        Some("teacher-medium") => Gpt2Config::teacher_medium(vocab),
+        Some("student-6l") => Gpt2Config::student_6l(vocab),
+        Some("student-3l") => Gpt2Config::student_3l(vocab),
+        Some(p) => bail!(
+            "[model] preset = {p:?}: unknown preset (expected teacher-medium, student-6l, student-3l or custom)"
+        ),
+    };
+    let mut json = serde_json::to_value(&base)?;
+    let obj = json
+        .as_object_mut()
+        .context("internal: GPT-2 config is not an object")?;
+    for (key, value) in table {
+        if key == "preset" {
+            continue;
+        }
+        if !obj.contains_key(key) {
+            bail!("[model] unknown key `{key}` (expected preset or a Hugging Face GPT-2 config field such as n_layer, n_embd, n_head, n_positions, resid_pdrop)");
+        }
+        obj.insert(key.clone(), serde_json::to_value(value)?);
+    }
+    let cfg: Gpt2Config =
+        serde_json::from_value(json).context("[model] invalid GPT-2 config field")?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Batches of `[B, T]` token ids read from mmap'd shards in sampler order.
+pub struct ShardBatches {
+    shards: ShardSet,
+    sampler: BatchSampler,
+    split: String,
+    buf: Vec<i64>,
+}
+
+impl ShardBatches {
+    /// A source over `split` of `shards` with the given sampler.
+    pub fn new(shards: ShardSet, split: &str, cfg: SamplerConfig) -> Result<Self> {
+        let sampler = BatchSampler::new(&shards, split, cfg)?;
+        Ok(Self {
+            shards,
+            sampler,
+            split: split.to_string(),
+            buf: Vec::new(),
+        })
+    }
+}
+
+impl BatchSource for ShardBatches {
+    fn next_batch(&mut self) -> mome_core::Result<Tensor> {
+        let batch = self.sampler.next_batch();
+        let seq_len = self.shards.seq_len();
+        self.buf.resize(batch.items.len() * seq_len, 0);
+        for (i, item) in batch.items.iter().enumerate() {
+            let domain = &self.sampler.domains()[item.domain];
+            self.shards
+                .read_sequence(
+                    &self.split,
+                    domain,
+                    item.index,
+                    &mut self.buf[i * seq_len..(i + 1) * seq_len],
+                )
+                .map_err(|e| mome_core::Error::Other(e.to_string()))?;
+        }
+        Ok(Tensor::from_slice(&self.buf).view([batch.items.len() as i64, seq_len as i64]))
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(self.sampler.state()).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> mome_core::Result<()> {
+        let s = serde_json::from_value(state.clone()).map_err(|e| {
+            mome_core::Error::Other(format!("bad sampler state in checkpoint: {e}"))
+        })?;
+        self.sampler
+            .restore(&s)
+            .map_err(|e| mome_core::Error::Other(e.to_string()))
+    }
+}
+
+/// Reads and validates a train config file (every check runs before any work).
+pub fn load_train_file(path: &Path) -> Result<TrainFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: TrainFile =
+        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+    file.train
+        .validate()
+        .with_context(|| format!("invalid [train] in {}", path.display()))?;
+    if file.data.batch_size == 0 {
+        bail!("[data] batch_size must be > 0");
+    }
+    if file.eval.batch_size == 0 {
+        bail!("[eval] batch_size must be > 0");
+    }
+    Ok(file)
+}
+
+/// Runs `mome train`.
+pub fn run_train(a: TrainArgs) -> Result<()> {
+    let mut file = load_train_file(&a.config)?;
+    if let Some(out) = a.out {
+        file.out_dir = out;
+    }
+    if let Some(d) = a.device {
+        file.device = d;
+    }
+    if let Some(n) = a.max_steps {
+        file.train.max_steps = n;
+        file.train.validate()?;
+    }
+    file.train.quiet |= a.quiet;
+    let device = file.device.resolve()?;
+    file.train.precision.validate(device)?;
+
+    let shards = ShardSet::open(&file.data.shards)
+        .with_context(|| format!("opening shards {}", file.data.shards.display()))?;
+    if let Some(tok) = &file.data.tokenizer {
+        let (_, sha) = load_tokenizer(tok)?;
+        shards.check_tokenizer(&sha)?;
+    }
+    let cfg = model_config(&file.model, shards.vocab_size())?;
+
+    // Seeded initialisation: the same config gives the same initial weights.
+    tch::manual_seed(file.train.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let mut model = Gpt2LmHeadModel::new(&vs.root(), &cfg)?;
+    model.set_compute_kind(file.train.precision.compute_kind())?;
+    let eval_shards = open_shards_for(&model, &file.data.shards)?;
+    let counts = model.param_count();
+    if !file.train.quiet {
+        eprintln!(
+            "model: {} layers, d={}, {} heads, {} positions, vocab {}: {:.2}M parameters ({:.2}M non-embedding) on {:?}, {:?}",
+            cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_positions, cfg.vocab_size,
+            counts.total as f64 / 1e6, counts.non_embedding as f64 / 1e6, device, file.train.precision
+        );
+    }
+    let mut source = ShardBatches::new(
+        shards,
+        "train",
+        SamplerConfig {
+            kind: file.data.sampler,
+            batch_size: file.data.batch_size,
+            seed: file.train.seed,
+            domains: file.data.domains.clone(),
+        },
+    )?;
+    let has_validation = eval_shards.splits().iter().any(|s| s == "validation");
+
+    let mut trainer = Trainer::new(file.train.clone(), &vs, &file.out_dir, a.resume)?;
+    let config_json = cfg.to_hf_json()?.into_bytes();
+    let mut loss_fn = |ids: &Tensor| -> mome_core::Result<Tensor> {
+        let out = model
+            .forward(Gpt2Input::ids(ids).train(true))
+            .map_err(|e| mome_core::Error::Other(e.to_string()))?;
+        causal_lm_loss(&out.logits, ids, None).map_err(|e| mome_core::Error::Other(e.to_string()))
+    };
+    let (eval_max, eval_batch) = (file.eval.max_sequences, file.eval.batch_size);
+    let model_ref = &model;
+    let mut eval_fn = |_step: u64| -> mome_core::Result<serde_json::Value> {
+        let r = evaluate(model_ref, &eval_shards, "validation", eval_max, eval_batch)
+            .map_err(|e| mome_core::Error::Other(format!("{e:#}")))?;
+        let mut v = serde_json::json!({"val_loss": r.mean_loss, "val_ppl": r.mean_perplexity});
+        for (d, e) in &r.domains {
+            v[format!("val_loss_{d}")] = serde_json::json!(e.loss);
+        }
+        Ok(v)
+    };
+    let summary = trainer.run(
+        &mut source,
+        &mut loss_fn,
+        if has_validation {
+            Some(&mut eval_fn)
+        } else {
+            None
+        },
+        &[("config.json", config_json)],
+    )?;
+    let model_dir = file.out_dir.join("model");
+    model.save_pretrained(&model_dir)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "model_dir": model_dir,
+            "start_step": summary.start_step,
+            "final_step": summary.final_step,
+            "final_loss": summary.final_loss,
+            "tokens_seen": summary.tokens_seen,
+            "elapsed_s": summary.elapsed_s,
+            "last_eval": summary.last_eval,
+            "parameters": counts.total,
+            "non_embedding_parameters": counts.non_embedding,
+        }))?
+    );
+    Ok(())
+}

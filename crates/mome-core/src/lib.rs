@@ -1,0 +1,42 @@
+//! `mome-core`: the libtorch-backed core of mome.
+//!
+//! The only crate of the workspace that depends on `tch` directly. It provides
+//! devices ([`DeviceSpec`]), the mixed-precision design ([`Precision`]), safetensors
+//! I/O ([`tensor_io`]), AdamW ([`optim`]), learning-rate schedules and gradient
+//! clipping ([`schedule`]), checkpoints ([`checkpoint`]), JSONL metrics ([`metrics`]),
+//! progress reporting ([`progress`]) and the training loop ([`trainer`]).
+//!
+//! ```
+//! use mome_core::tensor_io::{named_tensors, read_safetensors, write_safetensors, load_into};
+//! use tch::{nn, Device};
+//!
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let _lin = nn::linear(vs.root() / "fc", 3, 2, Default::default());
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("model.safetensors");
+//! write_safetensors(&path, &named_tensors(&vs)).unwrap();
+//!
+//! let vs2 = nn::VarStore::new(Device::Cpu);
+//! let _lin2 = nn::linear(vs2.root() / "fc", 3, 2, Default::default());
+//! let report = load_into(&vs2, &read_safetensors(&path, Device::Cpu).unwrap(), true).unwrap();
+//! assert_eq!(report.loaded, ["fc.bias", "fc.weight"]);
+//! assert!(vs.variables()["fc.weight"].equal(&vs2.variables()["fc.weight"]));
+//! ```
+
+pub mod device;
+pub mod error;
+pub mod fsutil;
+pub mod precision;
+pub mod tensor_io;
+
+pub use device::DeviceSpec;
+pub use error::{Error, Result};
+pub use precision::Precision;
+pub mod checkpoint;
+pub mod metrics;
+pub mod optim;
+pub mod progress;
+pub mod schedule;
+pub mod trainer;
+
+pub use trainer::{BatchSource, TrainConfig, TrainSummary, Trainer};

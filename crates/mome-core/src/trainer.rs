@@ -1,0 +1,568 @@
+//! The training loop used by `mome train` (and by distillation and MoE training).
+//!
+//! Each optimizer step `s` (1-based):
+//! 1. reseeds torch with [`step_seed`]`(seed, s)` (exact resume without saving RNG state);
+//! 2. runs `grad_accum` micro-batches: `loss_fn(batch)` on the device, `(loss /
+//!    grad_accum).backward()`, the detached loss summed on the device;
+//! 3. computes the gradient norm on the device and clips it (`clip_grad_norm`);
+//! 4. records, on the device, the first step whose loss or gradient norm is NaN/Inf;
+//! 5. takes an AdamW step with `lr = schedule.lr_at(s)` and zeroes the gradients.
+//!
+//! The host waits for the device only at log, eval and checkpoint steps and at the
+//! end: there the non-finite record is read (→ [`Error::NonFinite`] naming the first
+//! bad step, before anything is saved) and the mean loss since the last log line is
+//! written to `metrics.jsonl` with lr, tokens/s, grad norm and elapsed time. Eval runs
+//! every `eval_every` steps and at the end; checkpoints every `checkpoint_every` steps
+//! and at the end (see [`crate::checkpoint`] for layout and resume semantics).
+//!
+//! Run folder: `run_dir/checkpoints/step-XXXXXXXX/`, `run_dir/metrics.jsonl`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::checkpoint::{step_seed, CheckpointManager, TrainerState};
+use crate::metrics::{MetricsWriter, TrainRecord};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::progress::{Progress, ProgressMode};
+use crate::schedule::{clip_grads_with_norm, grad_norm_tensor, LrSchedule, ScheduleKind};
+use crate::tensor_io::{load_into, named_tensors};
+use crate::{Error, Precision, Result};
+
+/// A source of training batches whose position can be saved and restored.
+pub trait BatchSource {
+    /// The next micro-batch: `[B, T]` token ids, i64, on the CPU.
+    fn next_batch(&mut self) -> Result<Tensor>;
+    /// The position, as JSON, such that [`BatchSource::restore`] continues from here.
+    fn state(&self) -> serde_json::Value;
+    /// Continues from a position returned by [`BatchSource::state`].
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()>;
+}
+
+fn default_grad_accum() -> u64 {
+    1
+}
+fn default_log_every() -> u64 {
+    10
+}
+fn default_keep_last() -> usize {
+    3
+}
+
+/// Training hyperparameters. Unknown fields are rejected; [`TrainConfig::validate`]
+/// runs before any work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimizer steps to train for (total, across resumes).
+    pub max_steps: u64,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "default_grad_accum")]
+    pub grad_accum: u64,
+    /// AdamW settings; `optimizer.lr` is the peak learning rate.
+    #[serde(default)]
+    pub optimizer: AdamWConfig,
+    /// Learning-rate decay after warmup.
+    #[serde(default)]
+    pub schedule: ScheduleKind,
+    /// Linear warmup steps.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Final learning rate of linear / cosine decay.
+    #[serde(default)]
+    pub min_lr: f64,
+    /// Clip the gradient norm to this value (`None`: no clipping).
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
+    /// Write a train metrics line every N steps (and at the end).
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// Evaluate every N steps (0: only at the end).
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Checkpoint every N steps (0: only at the end).
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (0: all).
+    #[serde(default = "default_keep_last")]
+    pub keep_last: usize,
+    /// Run seed (per-step torch seeds derive from it).
+    #[serde(default)]
+    pub seed: u64,
+    /// Compute precision (used by the model code; validated against the device).
+    #[serde(default)]
+    pub precision: Precision,
+    /// No progress output.
+    #[serde(default)]
+    pub quiet: bool,
+}
+
+impl TrainConfig {
+    /// A config with defaults for everything but `max_steps` and the learning rate.
+    pub fn new(max_steps: u64, lr: f64) -> Self {
+        Self {
+            max_steps,
+            grad_accum: 1,
+            optimizer: AdamWConfig {
+                lr,
+                ..Default::default()
+            },
+            schedule: ScheduleKind::default(),
+            warmup_steps: 0,
+            min_lr: 0.0,
+            clip_grad_norm: None,
+            log_every: default_log_every(),
+            eval_every: 0,
+            checkpoint_every: 0,
+            keep_last: default_keep_last(),
+            seed: 0,
+            precision: Precision::Fp32,
+            quiet: false,
+        }
+    }
+
+    /// The learning-rate schedule this config describes.
+    pub fn lr_schedule(&self) -> LrSchedule {
+        LrSchedule {
+            kind: self.schedule,
+            warmup_steps: self.warmup_steps,
+            total_steps: self.max_steps,
+            peak_lr: self.optimizer.lr,
+            min_lr: self.min_lr,
+        }
+    }
+
+    /// Rejects invalid settings, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let nonzero = [
+            ("max_steps", self.max_steps),
+            ("grad_accum", self.grad_accum),
+            ("log_every", self.log_every),
+        ];
+        for (field, v) in nonzero {
+            if v == 0 {
+                return Err(Error::Config(format!("{field} must be > 0")));
+            }
+        }
+        self.optimizer.validate()?;
+        if let Some(c) = self.clip_grad_norm {
+            if !c.is_finite() || c <= 0.0 {
+                return Err(Error::Config(format!(
+                    "clip_grad_norm = {c}: must be finite and > 0"
+                )));
+            }
+        }
+        if self.warmup_steps > self.max_steps {
+            return Err(Error::Config(format!(
+                "warmup_steps = {} exceeds max_steps = {}",
+                self.warmup_steps, self.max_steps
+            )));
+        }
+        if !self.min_lr.is_finite() || self.min_lr < 0.0 || self.min_lr > self.optimizer.lr {
+            return Err(Error::Config(format!(
+                "min_lr = {}: must be finite, >= 0 and <= optimizer.lr ({})",
+                self.min_lr, self.optimizer.lr
+            )));
+        }
+        self.lr_schedule().validate()
+    }
+}
+
+/// What [`Trainer::run`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    /// Step the run started from (0, or the resumed checkpoint's step).
+    pub start_step: u64,
+    /// Last completed step.
+    pub final_step: u64,
+    /// Mean loss of the last log window (`None` if no step ran).
+    pub final_loss: Option<f64>,
+    /// Tokens consumed, over all sessions.
+    pub tokens_seen: u64,
+    /// Training wall time over all sessions, in seconds.
+    pub elapsed_s: f64,
+    /// The last checkpoint written by this run.
+    pub last_checkpoint: Option<PathBuf>,
+    /// The last evaluation result.
+    pub last_eval: Option<serde_json::Value>,
+}
+
+/// The training loop (see the module docs).
+#[derive(Debug)]
+pub struct Trainer {
+    cfg: TrainConfig,
+    vs_variables: Vec<(String, Tensor)>,
+    params: Vec<Tensor>,
+    opt: AdamW,
+    device: Device,
+    ckpt: CheckpointManager,
+    metrics: MetricsWriter,
+    step: u64,
+    tokens_seen: u64,
+    elapsed_before_s: f64,
+    data_state: Option<serde_json::Value>,
+    resumed_from: Option<PathBuf>,
+}
+
+/// The non-finite record: first bad step and its value, per watched quantity, on
+/// the device (step -1: none yet).
+struct NonFiniteWatch {
+    loss_step: Tensor,
+    loss_value: Tensor,
+    norm_step: Tensor,
+    norm_value: Tensor,
+}
+
+impl NonFiniteWatch {
+    fn new(device: Device) -> Result<Self> {
+        Ok(Self {
+            loss_step: Tensor::f_full([], -1, (Kind::Int64, device))?,
+            loss_value: Tensor::f_zeros([], (Kind::Float, device))?,
+            norm_step: Tensor::f_full([], -1, (Kind::Int64, device))?,
+            norm_value: Tensor::f_zeros([], (Kind::Float, device))?,
+        })
+    }
+
+    fn record_one(step_t: &mut Tensor, value_t: &mut Tensor, x: &Tensor, step: u64) -> Result<()> {
+        let bad = x
+            .f_isfinite()?
+            .f_logical_not()?
+            .f_logical_and(&step_t.f_lt(0)?)?;
+        let s = Tensor::f_full([], step as i64, (Kind::Int64, step_t.device()))?;
+        *step_t = s.f_where_self(&bad, step_t)?;
+        *value_t = x.f_to_kind(Kind::Float)?.f_where_self(&bad, value_t)?;
+        Ok(())
+    }
+
+    fn record(&mut self, loss: &Tensor, norm: Option<&Tensor>, step: u64) -> Result<()> {
+        Self::record_one(&mut self.loss_step, &mut self.loss_value, loss, step)?;
+        if let Some(n) = norm {
+            Self::record_one(&mut self.norm_step, &mut self.norm_value, n, step)?;
+        }
+        Ok(())
+    }
+
+    /// Host sync: the first non-finite loss or grad norm, as an error.
+    fn check(&self) -> Result<()> {
+        let v = Tensor::f_stack(
+            &[
+                self.loss_step.f_to_kind(Kind::Double)?,
+                self.loss_value.f_to_kind(Kind::Double)?,
+                self.norm_step.f_to_kind(Kind::Double)?,
+                self.norm_value.f_to_kind(Kind::Double)?,
+            ],
+            0,
+        )?
+        .f_to_device(Device::Cpu)?;
+        let v = Vec::<f64>::try_from(&v)?;
+        let loss = (v[0] >= 0.0).then(|| (v[0] as u64, "loss", v[1]));
+        let norm = (v[2] >= 0.0).then(|| (v[2] as u64, "grad_norm", v[3]));
+        let first = match (loss, norm) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        match first {
+            Some((step, what, value)) => Err(Error::NonFinite {
+                step,
+                what: what.into(),
+                value,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Trainer {
+    /// Prepares training of the variables of `vs` in `run_dir`.
+    ///
+    /// With `resume`, the latest complete checkpoint (if any) is loaded into `vs` and
+    /// the optimizer, and the step, token count and batch-source state are restored
+    /// ([`Trainer::run`] hands the state to the source). Without `resume`, a run folder
+    /// that already holds checkpoints is an error.
+    pub fn new(cfg: TrainConfig, vs: &nn::VarStore, run_dir: &Path, resume: bool) -> Result<Self> {
+        cfg.validate()?;
+        let device = vs.device();
+        cfg.precision.validate(device)?;
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        let ckpt = CheckpointManager::new(run_dir.join("checkpoints"), cfg.keep_last);
+        let latest = ckpt.latest()?;
+        if !resume {
+            if let Some(p) = &latest {
+                return Err(Error::Config(format!(
+                    "{} already holds checkpoints (latest {}); pass --resume to continue \
+                     that run, or choose another run directory",
+                    run_dir.display(),
+                    p.display()
+                )));
+            }
+        }
+        let mut opt = AdamW::new(vs, cfg.optimizer)?;
+        let (mut step, mut tokens_seen, mut elapsed_before_s, mut data_state) = (0, 0, 0.0, None);
+        let resumed_from = if let (true, Some(path)) = (resume, latest) {
+            let ck = CheckpointManager::load(&path, device)?;
+            if ck.state.seed != cfg.seed {
+                return Err(Error::Config(format!(
+                    "seed = {} differs from the checkpoint's seed {} ({}); exact resume needs \
+                     the same seed",
+                    cfg.seed,
+                    ck.state.seed,
+                    path.display()
+                )));
+            }
+            if ck.state.step > cfg.max_steps {
+                return Err(Error::Config(format!(
+                    "max_steps = {} is below the checkpoint's step {}",
+                    cfg.max_steps, ck.state.step
+                )));
+            }
+            load_into(vs, &ck.model, true)?;
+            opt.load_state(&ck.optimizer)?;
+            if opt.step_count() != ck.state.step {
+                return Err(Error::Checkpoint {
+                    path: path.clone(),
+                    reason: format!(
+                        "optimizer step {} differs from trainer step {}",
+                        opt.step_count(),
+                        ck.state.step
+                    ),
+                });
+            }
+            step = ck.state.step;
+            tokens_seen = ck.state.tokens_seen;
+            elapsed_before_s = ck.state.elapsed_s;
+            data_state = Some(ck.state.data_state);
+            Some(path)
+        } else {
+            None
+        };
+        let metrics = MetricsWriter::open(
+            &run_dir.join("metrics.jsonl"),
+            resumed_from.as_ref().map(|_| step),
+        )?;
+        let params: Vec<Tensor> = opt.params().into_iter().map(|(_, t)| t).collect();
+        Ok(Self {
+            vs_variables: named_tensors(vs),
+            params,
+            opt,
+            device,
+            ckpt,
+            metrics,
+            step,
+            tokens_seen,
+            elapsed_before_s,
+            data_state,
+            resumed_from,
+            cfg,
+        })
+    }
+
+    /// Completed optimizer steps.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The checkpoint this trainer resumed from.
+    pub fn resumed_from(&self) -> Option<&Path> {
+        self.resumed_from.as_deref()
+    }
+
+    /// The batch-source state of the resumed checkpoint (restored by `run`).
+    pub fn resumed_data_state(&self) -> Option<&serde_json::Value> {
+        self.data_state.as_ref()
+    }
+
+    /// The checkpoint manager of this run.
+    pub fn checkpoints(&self) -> &CheckpointManager {
+        &self.ckpt
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &AdamW {
+        &self.opt
+    }
+
+    fn save(
+        &mut self,
+        source: &dyn BatchSource,
+        extra_files: &[(&str, Vec<u8>)],
+        elapsed_s: f64,
+    ) -> Result<PathBuf> {
+        let state = TrainerState {
+            step: self.step,
+            tokens_seen: self.tokens_seen,
+            data_state: source.state(),
+            schedule: self.cfg.lr_schedule(),
+            seed: self.cfg.seed,
+            metrics_lines: self.metrics.lines(),
+            elapsed_s,
+            train_config: serde_json::to_value(&self.cfg)?,
+            mome_core_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let extras: Vec<(&str, &[u8])> = extra_files
+            .iter()
+            .map(|(n, b)| (*n, b.as_slice()))
+            .collect();
+        self.ckpt.save(
+            self.step,
+            &self.vs_variables,
+            &self.opt.state_tensors(),
+            &extras,
+            &state,
+        )
+    }
+
+    /// Trains from the current step to `max_steps`.
+    ///
+    /// `loss_fn` gets a batch already on the device and returns the scalar fp32 loss
+    /// (model in train mode). `eval_fn(step)` runs under `no_grad` and returns JSON
+    /// (an object of metrics) written as an eval line. `extra_files` are copied into
+    /// every checkpoint (e.g. `config.json`).
+    pub fn run(
+        &mut self,
+        source: &mut dyn BatchSource,
+        loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+        mut eval_fn: Option<&mut dyn FnMut(u64) -> Result<serde_json::Value>>,
+        extra_files: &[(&str, Vec<u8>)],
+    ) -> Result<TrainSummary> {
+        if let Some(state) = self.data_state.take() {
+            source.restore(&state)?;
+        }
+        let start_step = self.step;
+        let schedule = self.cfg.lr_schedule();
+        let started = Instant::now();
+        let progress = Progress::new(
+            self.cfg.max_steps,
+            start_step,
+            if self.cfg.quiet {
+                ProgressMode::Quiet
+            } else {
+                ProgressMode::Auto
+            },
+            self.cfg.log_every,
+        );
+        if let Some(p) = &self.resumed_from {
+            progress.println(&format!(
+                "resumed from {} (step {})",
+                p.display(),
+                self.step
+            ));
+        }
+        let mut watch = NonFiniteWatch::new(self.device)?;
+        let device = self.device;
+        let zero = move || Tensor::f_zeros([], (Kind::Float, device));
+        let mut window_loss = zero()?;
+        let (mut window_steps, mut window_tokens) = (0u64, 0u64);
+        let mut window_start = Instant::now();
+        let (mut final_loss, mut last_checkpoint, mut last_eval) = (None, None, None);
+        let ga = self.cfg.grad_accum;
+
+        while self.step < self.cfg.max_steps {
+            let step = self.step + 1;
+            tch::manual_seed(step_seed(self.cfg.seed, step));
+            let mut step_loss = zero()?;
+            for _ in 0..ga {
+                let batch = source.next_batch()?;
+                window_tokens += batch.numel() as u64;
+                self.tokens_seen += batch.numel() as u64;
+                let batch = batch.f_to_device(self.device)?;
+                let loss = loss_fn(&batch)?;
+                if loss.numel() != 1 {
+                    return Err(Error::Other(format!(
+                        "loss_fn returned a tensor of shape {:?}; expected a scalar",
+                        loss.size()
+                    )));
+                }
+                let loss = loss.f_reshape([])?;
+                loss.f_div_scalar(ga as f64)?.f_backward()?;
+                step_loss = step_loss.f_add(&loss.f_detach()?.f_to_kind(Kind::Float)?)?;
+            }
+            let step_loss = step_loss.f_div_scalar(ga as f64)?;
+            let norm = grad_norm_tensor(&self.params)?;
+            watch.record(&step_loss, norm.as_ref(), step)?;
+            if let (Some(max), Some(n)) = (self.cfg.clip_grad_norm, &norm) {
+                clip_grads_with_norm(&self.params, n, max)?;
+            }
+            let lr = schedule.lr_at(step);
+            self.opt.step(lr)?;
+            self.opt.zero_grad();
+            self.step = step;
+            window_loss = window_loss.f_add(&step_loss)?;
+            window_steps += 1;
+
+            let last = step == self.cfg.max_steps;
+            let is_log = step % self.cfg.log_every == 0 || last;
+            let is_eval = eval_fn.is_some()
+                && (last || (self.cfg.eval_every > 0 && step % self.cfg.eval_every == 0));
+            let is_ckpt =
+                last || (self.cfg.checkpoint_every > 0 && step % self.cfg.checkpoint_every == 0);
+            if !(is_log || is_eval || is_ckpt) {
+                continue;
+            }
+            watch.check()?;
+            let elapsed_s = self.elapsed_before_s + started.elapsed().as_secs_f64();
+            if is_log {
+                let vals = Vec::<f64>::try_from(
+                    &Tensor::f_stack(
+                        &[
+                            window_loss.f_div_scalar(window_steps as f64)?,
+                            match &norm {
+                                Some(n) => n.shallow_clone(),
+                                None => zero()?,
+                            },
+                        ],
+                        0,
+                    )?
+                    .f_to_kind(Kind::Double)?
+                    .f_to_device(Device::Cpu)?,
+                )?;
+                let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+                let rec = TrainRecord {
+                    step,
+                    loss: vals[0],
+                    lr,
+                    tokens_per_s: window_tokens as f64 / secs,
+                    grad_norm: vals[1],
+                    elapsed_s,
+                };
+                self.metrics.train(&rec)?;
+                progress.update(
+                    step,
+                    &format!(
+                        "loss {:.4} lr {:.3e} gnorm {:.3} tok/s {:.0}",
+                        rec.loss, rec.lr, rec.grad_norm, rec.tokens_per_s
+                    ),
+                );
+                final_loss = Some(rec.loss);
+                window_loss = zero()?;
+                window_steps = 0;
+                window_tokens = 0;
+                window_start = Instant::now();
+            }
+            if is_eval {
+                if let Some(f) = eval_fn.as_mut() {
+                    let v = tch::no_grad(|| f(step))?;
+                    self.metrics.eval(step, &v)?;
+                    progress.println(&format!("eval step {step}: {v}"));
+                    last_eval = Some(v);
+                }
+            }
+            if is_ckpt {
+                let p = self.save(source, extra_files, elapsed_s)?;
+                progress.println(&format!("checkpoint {}", p.display()));
+                last_checkpoint = Some(p);
+            }
+        }
+        progress.finish();
+        Ok(TrainSummary {
+            start_step,
+            final_step: self.step,
+            final_loss,
+            tokens_seen: self.tokens_seen,
+            elapsed_s: self.elapsed_before_s + started.elapsed().as_secs_f64(),
+            last_checkpoint,
+            last_eval,
+        })
+    }
+}

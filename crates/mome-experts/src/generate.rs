@@ -1,0 +1,282 @@
+//! Batched autoregressive generation with a KV cache.
+//!
+//! Prompts are left-padded to a common length; the padding mask and per-sequence
+//! positions (`cumsum(mask) - 1`, so every prompt starts at position 0) are passed to
+//! the model. The prompt is run once, then one token per step with the cache; each
+//! sequence stops at its EOS. Sampling draws on the host from a ChaCha8 stream seeded by
+//! `seed`, so a seed gives the same tokens on every device (up to float noise in the
+//! logits).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::gpt2::{Gpt2Input, Gpt2LmHeadModel};
+
+/// Per-layer cached keys and values, `[B, n_head, S, head_dim]` each, appended by every
+/// forward pass that is given the cache; positions continue after `seq_len()`.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// An empty cache for a stack of `n_layer` blocks.
+    pub fn new(n_layer: usize) -> Self {
+        Self {
+            layers: (0..n_layer).map(|_| None).collect(),
+        }
+    }
+
+    /// Number of layers the cache is for.
+    pub fn n_layer(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Number of cached positions (0 when empty).
+    pub fn seq_len(&self) -> i64 {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.size()[2],
+            _ => 0,
+        }
+    }
+
+    /// Batch size of the cached tensors, if any.
+    pub fn batch_size(&self) -> Option<i64> {
+        match self.layers.first() {
+            Some(Some((k, _))) => Some(k.size()[0]),
+            _ => None,
+        }
+    }
+
+    /// Cached keys and values of layer `i`.
+    pub fn layer(&self, i: usize) -> Option<(&Tensor, &Tensor)> {
+        self.layers.get(i)?.as_ref().map(|(k, v)| (k, v))
+    }
+
+    /// Empties the cache.
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+    }
+
+    pub(crate) fn layer_mut(&mut self, i: usize) -> &mut Option<(Tensor, Tensor)> {
+        &mut self.layers[i]
+    }
+}
+
+/// How to generate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerationConfig {
+    /// Maximum number of new tokens per sequence.
+    pub max_new_tokens: usize,
+    /// Softmax temperature; 0 = greedy (argmax).
+    pub temperature: f64,
+    /// Keep only the `top_k` most likely tokens (0 = off). Sampling only.
+    pub top_k: usize,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches
+    /// `top_p` (1.0 = off). Sampling only.
+    pub top_p: f64,
+    /// Seed of the sampling stream.
+    pub seed: u64,
+    /// A sequence stops after emitting this token (it is included in the output).
+    pub eos_token_id: Option<i64>,
+    /// Token used for left padding (masked out, never attended to).
+    pub pad_token_id: i64,
+}
+
+impl Default for GenerationConfig {
+    /// Greedy, 32 new tokens, no EOS, pad 0.
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 32,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            eos_token_id: None,
+            pad_token_id: 0,
+        }
+    }
+}
+
+impl GenerationConfig {
+    /// Checks ranges against the model's vocabulary.
+    pub fn validate(&self, vocab_size: i64) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!(
+                "temperature must be >= 0 and finite, got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if self.pad_token_id < 0 || self.pad_token_id >= vocab_size {
+            return bad(format!(
+                "pad_token_id {} is outside the vocabulary [0, {vocab_size})",
+                self.pad_token_id
+            ));
+        }
+        if let Some(e) = self.eos_token_id {
+            if e < 0 || e >= vocab_size {
+                return bad(format!(
+                    "eos_token_id {e} is outside the vocabulary [0, {vocab_size})"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies temperature, top-k and top-p to `[B, V]` fp32 logits and samples one token
+/// per row on the host.
+fn sample(logits: &Tensor, cfg: &GenerationConfig, rng: &mut ChaCha8Rng) -> Result<Vec<i64>> {
+    let v = logits.size()[1];
+    let mut z = logits / cfg.temperature;
+    if cfg.top_k > 0 && (cfg.top_k as i64) < v {
+        let (vals, _) = z.f_topk(cfg.top_k as i64, -1, true, true)?;
+        let kth = vals.narrow(1, cfg.top_k as i64 - 1, 1);
+        z = z.masked_fill(&z.lt_tensor(&kth), f64::NEG_INFINITY);
+    }
+    if cfg.top_p < 1.0 {
+        let (sorted, idx) = z.sort(-1, true);
+        let probs = sorted.softmax(-1, Kind::Float);
+        let before = probs.cumsum(-1, Kind::Float) - &probs;
+        let sorted = sorted.masked_fill(&before.gt(cfg.top_p), f64::NEG_INFINITY);
+        z = z.full_like(f64::NEG_INFINITY).scatter(-1, &idx, &sorted);
+    }
+    let probs = z
+        .softmax(-1, Kind::Float)
+        .to_kind(Kind::Double)
+        .to_device(tch::Device::Cpu);
+    let probs = Vec::<f64>::try_from(&probs.reshape([-1]))?;
+    let mut out = Vec::new();
+    for row in probs.chunks(v as usize) {
+        let total: f64 = row.iter().sum();
+        let u = rng.gen::<f64>() * total;
+        let mut acc = 0.0;
+        let mut pick = None;
+        for (i, &p) in row.iter().enumerate() {
+            if p > 0.0 {
+                acc += p;
+                pick = Some(i);
+                if u < acc {
+                    break;
+                }
+            }
+        }
+        let pick =
+            pick.ok_or_else(|| Error::Input("sampling row has no probability mass".into()))?;
+        out.push(pick as i64);
+    }
+    Ok(out)
+}
+
+fn choose(logits: &Tensor, cfg: &GenerationConfig, rng: &mut ChaCha8Rng) -> Result<Vec<i64>> {
+    if cfg.temperature == 0.0 {
+        Ok(Vec::<i64>::try_from(
+            &logits.argmax(-1, false).to_device(tch::Device::Cpu),
+        )?)
+    } else {
+        sample(logits, cfg, rng)
+    }
+}
+
+/// Generates up to `cfg.max_new_tokens` tokens after each prompt, batched.
+///
+/// Returns, for each prompt, only the new tokens (ending with EOS when one was
+/// produced). Prompts must be non-empty, in the vocabulary, and
+/// `longest prompt + max_new_tokens <= n_positions`. Runs without gradients.
+pub fn generate(
+    model: &Gpt2LmHeadModel,
+    prompts: &[Vec<i64>],
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<i64>>> {
+    let mcfg = model.config();
+    cfg.validate(mcfg.vocab_size)?;
+    let b = prompts.len();
+    if b == 0 {
+        return Ok(Vec::new());
+    }
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(Error::Input(format!("prompt {i} is empty")));
+        }
+        if let Some(&id) = p.iter().find(|&&id| id < 0 || id >= mcfg.vocab_size) {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: mcfg.vocab_size,
+            });
+        }
+    }
+    let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if (max_len + cfg.max_new_tokens) as i64 > mcfg.n_positions {
+        return Err(Error::Input(format!(
+            "longest prompt ({max_len}) + max_new_tokens ({}) exceeds n_positions ({})",
+            cfg.max_new_tokens, mcfg.n_positions
+        )));
+    }
+    if cfg.max_new_tokens == 0 {
+        return Ok(vec![Vec::new(); b]);
+    }
+    let device = model.device();
+    let mut ids = Vec::with_capacity(b * max_len);
+    let mut mask = Vec::with_capacity(b * max_len);
+    for p in prompts {
+        let pad = max_len - p.len();
+        ids.extend(std::iter::repeat_n(cfg.pad_token_id, pad).chain(p.iter().copied()));
+        mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, p.len())));
+    }
+    let (bi, li) = (b as i64, max_len as i64);
+    let ids = Tensor::from_slice(&ids).view([bi, li]).to_device(device);
+    let mut mask = Tensor::from_slice(&mask).view([bi, li]).to_device(device);
+    let positions = (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
+    let mut next_pos = positions.narrow(1, li - 1, 1) + 1;
+
+    tch::no_grad(|| {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let mut cache = KvCache::new(mcfg.n_layer as usize);
+        let mut out = vec![Vec::new(); b];
+        let mut done = vec![false; b];
+        let first = model.forward(
+            Gpt2Input::ids(&ids)
+                .attention_mask(&mask)
+                .position_ids(&positions)
+                .cache(&mut cache),
+        )?;
+        let mut logits = first.logits.select(1, li - 1);
+        for step in 0..cfg.max_new_tokens {
+            let next = choose(&logits, cfg, &mut rng)?;
+            let mut feed = Vec::with_capacity(b);
+            for (i, &tok) in next.iter().enumerate() {
+                if done[i] {
+                    feed.push(cfg.pad_token_id);
+                    continue;
+                }
+                out[i].push(tok);
+                feed.push(tok);
+                if cfg.eos_token_id == Some(tok) {
+                    done[i] = true;
+                }
+            }
+            if step + 1 == cfg.max_new_tokens || done.iter().all(|&d| d) {
+                break;
+            }
+            let inp = Tensor::from_slice(&feed).view([bi, 1]).to_device(device);
+            mask = Tensor::cat(&[&mask, &mask.ones_like().narrow(1, 0, 1)], 1);
+            let pos = next_pos.shallow_clone();
+            next_pos = &next_pos + 1;
+            let o = model.forward(
+                Gpt2Input::ids(&inp)
+                    .attention_mask(&mask)
+                    .position_ids(&pos)
+                    .cache(&mut cache),
+            )?;
+            logits = o.logits.select(1, 0);
+        }
+        Ok(out)
+    })
+}

@@ -1,0 +1,320 @@
+//! End-to-end tests of the `mome` binary on the embedded demo corpus: data →
+//! tokenizer → shards → train → eval → generate, resuming a killed run, and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn mome() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mome"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn mome");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn mome");
+    assert!(!out.status.success(), "{cmd:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Balanced demo data, a 1000-token tokenizer and 64-token shards, made once.
+fn prepared() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let demo = repo().join("data/demo");
+        let mut balance = mome();
+        balance.args(["data", "balance", "--valid-fraction", "0.1"]);
+        for dom in ["en", "fr", "de", "py"] {
+            balance.arg("--domain").arg(format!(
+                "{dom}={}",
+                demo.join(format!("{dom}.jsonl")).display()
+            ));
+        }
+        balance
+            .arg("--tokenizer")
+            .arg(repo().join("data/tokenizer/En_De_Fr_Py_Tokenizer/tokenizer.json"))
+            .arg("--out")
+            .arg(d.join("balanced"));
+        run_ok(&mut balance);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("balanced/balance_report.json")).unwrap())
+                .unwrap();
+        assert!(report["spread_percent_reached"].as_f64().unwrap() <= 5.0);
+        run_ok(
+            mome()
+                .args(["tokenizer", "train", "--vocab-size", "1000", "--input"])
+                .arg(d.join("balanced"))
+                .arg("--out")
+                .arg(d.join("tok.json")),
+        );
+        run_ok(
+            mome()
+                .args(["data", "encode", "--seq-len", "64", "--tokenizer"])
+                .arg(d.join("tok.json"))
+                .arg("--input")
+                .arg(d.join("balanced"))
+                .arg("--out")
+                .arg(d.join("shards")),
+        );
+        dir
+    })
+    .path()
+}
+
+fn write_config(dir: &Path, name: &str, extra_train: &str) -> PathBuf {
+    let p = prepared();
+    let cfg = format!(
+        r#"out_dir = "{out}"
+device = "cpu"
+[model]
+n_layer = 1
+n_embd = 32
+n_head = 2
+n_positions = 64
+[data]
+shards = "{shards}"
+tokenizer = "{tok}"
+sampler = "mixed"
+batch_size = 8
+[eval]
+max_sequences = 8
+[train]
+seed = 7
+log_every = 1
+{extra_train}
+[train.optimizer]
+lr = 3e-3
+"#,
+        out = dir.join(name).display(),
+        shards = p.join("shards").display(),
+        tok = p.join("tok.json").display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn metrics(run: &Path, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
+
+#[test]
+fn train_lowers_validation_loss_then_eval_and_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        "run",
+        "max_steps = 40\neval_every = 10\nwarmup_steps = 4",
+    );
+    run_ok(mome().arg("train").arg("--config").arg(&cfg).arg("--quiet"));
+    let evals = metrics(&tmp.path().join("run"), "eval");
+    assert!(evals.len() >= 2, "{evals:?}");
+    let first = evals[0]["val_loss"].as_f64().unwrap();
+    let last = evals.last().unwrap()["val_loss"].as_f64().unwrap();
+    assert!(
+        last < first - 0.2,
+        "validation loss did not drop: {first} -> {last}"
+    );
+    assert!(last < (1000f64).ln(), "no better than uniform: {last}");
+
+    let model = tmp.path().join("run/model");
+    let out = run_ok(
+        mome()
+            .args(["eval", "--json", "--device", "cpu", "--model"])
+            .arg(&model)
+            .arg("--shards")
+            .arg(prepared().join("shards")),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for d in ["en", "fr", "de", "py"] {
+        let l = report["domains"][d]["loss"].as_f64().unwrap();
+        assert!(l.is_finite() && l > 0.0);
+        approx::assert_relative_eq!(
+            report["domains"][d]["perplexity"].as_f64().unwrap(),
+            l.exp(),
+            max_relative = 1e-9
+        );
+    }
+    let out = run_ok(
+        mome()
+            .args([
+                "generate",
+                "--json",
+                "--device",
+                "cpu",
+                "--max-new-tokens",
+                "8",
+                "--prompt",
+                "Debian",
+                "--model",
+            ])
+            .arg(&model)
+            .arg("--tokenizer")
+            .arg(prepared().join("tok.json")),
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(line["new_tokens"].as_u64().unwrap() >= 1);
+    assert!(line["text"].as_str().unwrap().starts_with("Debian"));
+}
+
+#[test]
+fn killed_run_resumes_with_the_same_loss_sequence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = "max_steps = 24\ncheckpoint_every = 4\nkeep_last = 2\nwarmup_steps = 2";
+    let straight = write_config(tmp.path(), "straight", train);
+    run_ok(
+        mome()
+            .arg("train")
+            .arg("--config")
+            .arg(&straight)
+            .arg("--quiet"),
+    );
+
+    // Start the same run, kill it (SIGKILL) once a checkpoint exists, then resume.
+    let killed = write_config(tmp.path(), "killed", train);
+    let mut child = mome()
+        .arg("train")
+        .arg("--config")
+        .arg(&killed)
+        .arg("--quiet")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpts = tmp.path().join("killed/checkpoints");
+    let started = Instant::now();
+    loop {
+        let n = std::fs::read_dir(&ckpts)
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        e.file_name().to_string_lossy().starts_with("step-")
+                            && !e.file_name().to_string_lossy().contains('.')
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if n >= 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    let a = metrics(&tmp.path().join("straight"), "train");
+    let before = metrics(&tmp.path().join("killed"), "train");
+    assert!(
+        !status.success() || before.len() < a.len(),
+        "the run finished before it was killed"
+    );
+    run_ok(
+        mome()
+            .arg("train")
+            .arg("--config")
+            .arg(&killed)
+            .arg("--resume")
+            .arg("--quiet"),
+    );
+    let b = metrics(&tmp.path().join("killed"), "train");
+    let losses = |v: &[serde_json::Value]| {
+        v.iter()
+            .map(|x| (x["step"].as_u64().unwrap(), x["loss"].as_f64().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&a).len(), 24);
+    assert_eq!(
+        losses(&a),
+        losses(&b),
+        "resumed loss sequence differs from the uninterrupted run"
+    );
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    // unknown key, named
+    let cfg = write_config(tmp.path(), "bad", "max_steps = 2\nlearning_rate = 1.0");
+    let err = run_err(mome().arg("train").arg("--config").arg(&cfg));
+    assert!(err.contains("learning_rate"), "{err}");
+    // unknown model key, named
+    let cfg = tmp.path().join("bad2.toml");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(write_config(tmp.path(), "b2", "max_steps = 2"))
+            .unwrap()
+            .replace("n_layer = 1", "n_layers = 1"),
+    )
+    .unwrap();
+    let err = run_err(mome().arg("train").arg("--config").arg(&cfg));
+    assert!(err.contains("n_layers"), "{err}");
+    // invalid hyperparameter, before any work
+    let cfg = write_config(tmp.path(), "b3", "max_steps = 0");
+    let err = run_err(mome().arg("train").arg("--config").arg(&cfg));
+    assert!(err.contains("max_steps"), "{err}");
+    assert!(
+        !tmp.path().join("b3").exists(),
+        "nothing is written for an invalid config"
+    );
+    // tokenizer that does not match the shards
+    let cfg = tmp.path().join("bad4.toml");
+    let seed_tok = repo().join("data/tokenizer/En_De_Fr_Py_Tokenizer/tokenizer.json");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(write_config(tmp.path(), "b4", "max_steps = 2"))
+            .unwrap()
+            .replace(
+                &prepared().join("tok.json").display().to_string(),
+                &seed_tok.display().to_string(),
+            ),
+    )
+    .unwrap();
+    let err = run_err(mome().arg("train").arg("--config").arg(&cfg));
+    assert!(err.to_lowercase().contains("tokenizer"), "{err}");
+    // missing model folder
+    let err = run_err(
+        mome()
+            .args(["eval", "--device", "cpu", "--model"])
+            .arg(tmp.path().join("nope"))
+            .arg("--shards")
+            .arg(prepared().join("shards")),
+    );
+    assert!(err.contains("nope"), "{err}");
+    // a model with a smaller vocabulary than the shards
+    let small = tmp.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let cfg = write_config(tmp.path(), "b5", "max_steps = 1");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("n_positions = 64", "n_positions = 64\nvocab_size = 500");
+    std::fs::write(&cfg, text).unwrap();
+    let err = run_err(mome().arg("train").arg("--config").arg(&cfg));
+    assert!(err.contains("vocab"), "{err}");
+    // bad device string
+    let err = run_err(mome().args(["eval", "--device", "tpu", "--model", "x", "--shards", "y"]));
+    assert!(err.contains("tpu"), "{err}");
+}
