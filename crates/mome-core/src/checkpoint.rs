@@ -29,7 +29,9 @@ use tch::{Device, Tensor};
 
 use crate::schedule::LrSchedule;
 use crate::tensor_io::{read_safetensors, write_safetensors};
-use crate::{fsutil, Error, Result};
+use mome_data::fsutil;
+
+use crate::{Error, Result};
 
 /// File name of the model weights in a checkpoint folder.
 pub const MODEL_FILE: &str = "model.safetensors";

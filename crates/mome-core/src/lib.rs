@@ -25,7 +25,6 @@
 
 pub mod device;
 pub mod error;
-pub mod fsutil;
 pub mod precision;
 pub mod tensor_io;
 

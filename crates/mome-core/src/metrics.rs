@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{fsutil, Error, Result};
+use mome_data::fsutil;
+
+use crate::{Error, Result};
 
 /// One training log line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,7 +12,9 @@ use safetensors::{Dtype, View};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::ShapeMismatch;
-use crate::{fsutil, Error, Result};
+use mome_data::fsutil;
+
+use crate::{Error, Result};
 
 fn kind_to_dtype(name: &str, kind: Kind) -> Result<Dtype> {
     Ok(match kind {
@@ -122,7 +124,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
         },
         other => other,
     })?;
-    fsutil::write_atomic(path, &bytes)
+    Ok(fsutil::write_atomic(path, &bytes)?)
 }
 
 /// Reads every tensor of a safetensors file onto `device`, sorted by name, keeping

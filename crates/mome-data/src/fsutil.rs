@@ -110,6 +110,12 @@ impl AtomicDir {
         } else {
             fs::rename(&self.tmp, &self.dest).map_err(|e| io_err(&self.dest, e))?;
         }
+        // Make the rename itself durable.
+        if let Some(parent) = self.dest.parent() {
+            if let Ok(d) = fs::File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
         self.committed = true;
         Ok(self.dest.clone())
     }
