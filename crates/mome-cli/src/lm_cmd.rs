@@ -1,16 +1,13 @@
 //! `mome train`, `mome eval`, `mome generate`: causal language models (method §3).
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use mome_core::DeviceSpec;
-use mome_data::shards::ShardSet;
 use mome_data::tokenizer::load_tokenizer;
-use mome_experts::{causal_lm_loss_sum, generate, GenerationConfig, Gpt2Input, Gpt2LmHeadModel};
-use serde::Serialize;
-use tch::{Kind, Tensor};
+use mome_experts::eval::{evaluate, open_shards_for};
+use mome_experts::{generate, GenerationConfig, Gpt2LmHeadModel};
 
 /// Arguments of `mome eval`.
 #[derive(Debug, Args)]
@@ -36,121 +33,6 @@ pub struct EvalArgs {
     /// Print JSON (default: a table).
     #[arg(long)]
     json: bool,
-}
-
-/// Per-domain evaluation figures.
-#[derive(Debug, Clone, Serialize)]
-pub struct DomainEval {
-    /// Mean next-token cross-entropy (nats per token).
-    pub loss: f64,
-    /// `exp(loss)`.
-    pub perplexity: f64,
-    /// Target tokens evaluated.
-    pub tokens: i64,
-    /// Sequences evaluated.
-    pub sequences: usize,
-}
-
-/// What `mome eval` prints.
-#[derive(Debug, Clone, Serialize)]
-pub struct EvalReport {
-    /// The split evaluated.
-    pub split: String,
-    /// domain -> figures, in the shards' domain order.
-    pub domains: std::collections::BTreeMap<String, DomainEval>,
-    /// Token-weighted mean loss over all domains.
-    pub mean_loss: f64,
-    /// `exp(mean_loss)`.
-    pub mean_perplexity: f64,
-    /// Target tokens evaluated over all domains.
-    pub tokens: i64,
-    /// Wall-clock seconds.
-    pub seconds: f64,
-    /// Tokens per second.
-    pub tokens_per_second: f64,
-}
-
-/// Evaluates `model` on every domain of `split` (no gradients, eval mode).
-pub fn evaluate(
-    model: &Gpt2LmHeadModel,
-    shards: &ShardSet,
-    split: &str,
-    max_sequences: usize,
-    batch_size: usize,
-) -> Result<EvalReport> {
-    if batch_size == 0 {
-        bail!("batch_size must be > 0");
-    }
-    let started = Instant::now();
-    let seq_len = shards.seq_len();
-    let device = model.device();
-    let mut domains = std::collections::BTreeMap::new();
-    let (mut all_sum, mut all_tokens) = (0f64, 0i64);
-    let _guard = tch::no_grad_guard();
-    for domain in shards.domains(split)? {
-        let reader = shards.reader(split, &domain)?;
-        let n = match max_sequences {
-            0 => reader.len(),
-            m => m.min(reader.len()),
-        };
-        let (mut sum, mut tokens) = (Tensor::zeros([], (Kind::Double, device)), 0i64);
-        let mut buf = vec![0i64; batch_size * seq_len];
-        let mut start = 0;
-        while start < n {
-            let b = batch_size.min(n - start);
-            for i in 0..b {
-                reader.read_into_i64(start + i, &mut buf[i * seq_len..(i + 1) * seq_len])?;
-            }
-            let ids = Tensor::from_slice(&buf[..b * seq_len])
-                .view([b as i64, seq_len as i64])
-                .to_device(device);
-            let out = model.forward(Gpt2Input::ids(&ids))?;
-            let (s, c) = causal_lm_loss_sum(&out.logits, &ids, None)?;
-            sum += s.to_kind(Kind::Double);
-            tokens += c;
-            start += b;
-        }
-        let sum = sum.double_value(&[]);
-        let loss = sum / tokens.max(1) as f64;
-        all_sum += sum;
-        all_tokens += tokens;
-        domains.insert(
-            domain,
-            DomainEval {
-                loss,
-                perplexity: loss.exp(),
-                tokens,
-                sequences: n,
-            },
-        );
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let mean_loss = all_sum / all_tokens.max(1) as f64;
-    Ok(EvalReport {
-        split: split.to_string(),
-        domains,
-        mean_loss,
-        mean_perplexity: mean_loss.exp(),
-        tokens: all_tokens,
-        seconds,
-        tokens_per_second: all_tokens as f64 / seconds.max(1e-9),
-    })
-}
-
-/// Opens shards and checks that `model` can read them (vocabulary and context length).
-pub fn open_shards_for(model: &Gpt2LmHeadModel, path: &Path) -> Result<ShardSet> {
-    let shards =
-        ShardSet::open(path).with_context(|| format!("opening shards {}", path.display()))?;
-    let cfg = model.config();
-    shards.check_vocab(cfg.vocab_size as usize)?;
-    if shards.seq_len() as i64 > cfg.n_positions {
-        bail!(
-            "the shards hold {}-token sequences but the model has only {} positions",
-            shards.seq_len(),
-            cfg.n_positions
-        );
-    }
-    Ok(shards)
 }
 
 /// Runs `mome eval`.

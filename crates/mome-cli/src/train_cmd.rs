@@ -5,16 +5,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mome_core::trainer::{BatchSource, TrainConfig, Trainer};
+use mome_core::data::ShardBatches;
+use mome_core::trainer::{TrainConfig, Trainer};
 use mome_core::DeviceSpec;
-use mome_data::sampler::{BatchSampler, SamplerConfig, SamplerKind};
+use mome_data::sampler::{SamplerConfig, SamplerKind};
 use mome_data::shards::ShardSet;
 use mome_data::tokenizer::load_tokenizer;
 use mome_experts::{causal_lm_loss, Gpt2Config, Gpt2Input, Gpt2LmHeadModel};
 use serde::Deserialize;
 use tch::{nn, Tensor};
 
-use crate::lm_cmd::{evaluate, open_shards_for};
+use mome_experts::eval::{evaluate, open_shards_for};
 
 /// Arguments of `mome train`.
 #[derive(Debug, Args)]
@@ -151,60 +152,6 @@ pub fn model_config(table: &toml::Table, shards_vocab: usize) -> Result<Gpt2Conf
     Ok(cfg)
 }
 
-/// Batches of `[B, T]` token ids read from mmap'd shards in sampler order.
-pub struct ShardBatches {
-    shards: ShardSet,
-    sampler: BatchSampler,
-    split: String,
-    buf: Vec<i64>,
-}
-
-impl ShardBatches {
-    /// A source over `split` of `shards` with the given sampler.
-    pub fn new(shards: ShardSet, split: &str, cfg: SamplerConfig) -> Result<Self> {
-        let sampler = BatchSampler::new(&shards, split, cfg)?;
-        Ok(Self {
-            shards,
-            sampler,
-            split: split.to_string(),
-            buf: Vec::new(),
-        })
-    }
-}
-
-impl BatchSource for ShardBatches {
-    fn next_batch(&mut self) -> mome_core::Result<Tensor> {
-        let batch = self.sampler.next_batch();
-        let seq_len = self.shards.seq_len();
-        self.buf.resize(batch.items.len() * seq_len, 0);
-        for (i, item) in batch.items.iter().enumerate() {
-            let domain = &self.sampler.domains()[item.domain];
-            self.shards
-                .read_sequence(
-                    &self.split,
-                    domain,
-                    item.index,
-                    &mut self.buf[i * seq_len..(i + 1) * seq_len],
-                )
-                .map_err(|e| mome_core::Error::Other(e.to_string()))?;
-        }
-        Ok(Tensor::from_slice(&self.buf).view([batch.items.len() as i64, seq_len as i64]))
-    }
-
-    fn state(&self) -> serde_json::Value {
-        serde_json::to_value(self.sampler.state()).unwrap_or(serde_json::Value::Null)
-    }
-
-    fn restore(&mut self, state: &serde_json::Value) -> mome_core::Result<()> {
-        let s = serde_json::from_value(state.clone()).map_err(|e| {
-            mome_core::Error::Other(format!("bad sampler state in checkpoint: {e}"))
-        })?;
-        self.sampler
-            .restore(&s)
-            .map_err(|e| mome_core::Error::Other(e.to_string()))
-    }
-}
-
 /// Reads and validates a train config file (every check runs before any work).
 pub fn load_train_file(path: &Path) -> Result<TrainFile> {
     let text =
@@ -277,16 +224,13 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let mut trainer = Trainer::new(file.train.clone(), &vs, &file.out_dir, a.resume)?;
     let config_json = cfg.to_hf_json()?.into_bytes();
     let mut loss_fn = |ids: &Tensor| -> mome_core::Result<Tensor> {
-        let out = model
-            .forward(Gpt2Input::ids(ids).train(true))
-            .map_err(|e| mome_core::Error::Other(e.to_string()))?;
-        causal_lm_loss(&out.logits, ids, None).map_err(|e| mome_core::Error::Other(e.to_string()))
+        let out = model.forward(Gpt2Input::ids(ids).train(true))?;
+        Ok(causal_lm_loss(&out.logits, ids, None)?)
     };
     let (eval_max, eval_batch) = (file.eval.max_sequences, file.eval.batch_size);
     let model_ref = &model;
     let mut eval_fn = |_step: u64| -> mome_core::Result<serde_json::Value> {
-        let r = evaluate(model_ref, &eval_shards, "validation", eval_max, eval_batch)
-            .map_err(|e| mome_core::Error::Other(format!("{e:#}")))?;
+        let r = evaluate(model_ref, &eval_shards, "validation", eval_max, eval_batch)?;
         let mut v = serde_json::json!({"val_loss": r.mean_loss, "val_ppl": r.mean_perplexity});
         for (d, e) in &r.domains {
             v[format!("val_loss_{d}")] = serde_json::json!(e.loss);

@@ -115,7 +115,11 @@ pub enum Error {
     /// Optimizer state that does not match the model's parameters.
     #[error("optimizer state: {0}")]
     OptimizerState(String),
-    /// An error raised by a caller-supplied callback (batch source, loss, eval).
+    /// An error raised by a caller-supplied callback (batch source, loss, eval),
+    /// kept as the source.
+    #[error(transparent)]
+    External(Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// An error raised by a caller-supplied callback, as text only.
     #[error("{0}")]
     Other(String),
 }

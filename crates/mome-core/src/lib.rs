@@ -32,6 +32,7 @@ pub use device::DeviceSpec;
 pub use error::{Error, Result};
 pub use precision::Precision;
 pub mod checkpoint;
+pub mod data;
 pub mod metrics;
 pub mod optim;
 pub mod progress;

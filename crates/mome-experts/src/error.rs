@@ -52,6 +52,9 @@ pub enum Error {
         /// The model's vocabulary size.
         vocab_size: i64,
     },
+    /// Reading token shards failed.
+    #[error(transparent)]
+    Data(#[from] mome_data::Error),
     /// Inputs with wrong shapes, kinds or lengths.
     #[error("invalid input: {0}")]
     Input(String),
@@ -63,6 +66,16 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+}
+
+/// Lets model code run inside mome-core's training callbacks with `?`.
+impl From<Error> for mome_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Core(inner) => inner,
+            other => mome_core::Error::External(Box::new(other)),
         }
     }
 }

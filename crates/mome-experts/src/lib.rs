@@ -30,6 +30,7 @@
 //! ```
 
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod gpt2;
 
