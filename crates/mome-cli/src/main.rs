@@ -2,6 +2,7 @@
 //!
 //! Every command is a thin layer over the library crates; see `mome --help`.
 
+mod bench_cmd;
 mod data_cmd;
 mod lm_cmd;
 mod train_cmd;
@@ -31,6 +32,9 @@ enum Command {
     Eval(lm_cmd::EvalArgs),
     /// Generate text from a model.
     Generate(lm_cmd::GenerateArgs),
+    /// Measure training throughput.
+    #[command(subcommand)]
+    Bench(bench_cmd::BenchCommand),
 }
 
 fn main() {
@@ -41,6 +45,7 @@ fn main() {
         Command::Train(a) => train_cmd::run_train(a),
         Command::Eval(a) => lm_cmd::run_eval(a),
         Command::Generate(a) => lm_cmd::run_generate(a),
+        Command::Bench(c) => bench_cmd::run_bench(c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
