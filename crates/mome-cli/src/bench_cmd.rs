@@ -134,7 +134,7 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
     let vs = nn::VarStore::new(device);
     let mut model = Gpt2LmHeadModel::new(&vs.root(), &cfg)?;
     model.set_compute_kind(precision.compute_kind())?;
-    let mut opt = AdamW::new(&vs, file.train.optimizer.clone())?;
+    let mut opt = AdamW::new(&vs, file.train.optimizer)?;
     let b = file.data.batch_size as i64;
     let accum = file.train.grad_accum.max(1) as i64;
     let lr = file.train.optimizer.lr;
