@@ -4,7 +4,10 @@
 
 mod bench_cmd;
 mod data_cmd;
+mod distill_cmd;
 mod lm_cmd;
+mod moe_cmd;
+mod router_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -32,20 +35,42 @@ enum Command {
     Eval(lm_cmd::EvalArgs),
     /// Generate text from a model.
     Generate(lm_cmd::GenerateArgs),
+    /// Distil a student from a frozen teacher (online or from a teacher cache).
+    Distill(distill_cmd::DistillArgs),
+    /// Offline teacher cache: top-K teacher log-probs over the training shards.
+    #[command(subcommand)]
+    TeacherCache(distill_cmd::TeacherCacheCommand),
+    /// Reproducible experiments (kd: the paper's KD loss / alpha comparison).
+    #[command(subcommand)]
+    Experiment(distill_cmd::ExperimentCommand),
     /// Measure training throughput.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
+    /// Domain router: train, compare, evaluate, import the paper's router, bench.
+    #[command(subcommand)]
+    Router(router_cmd::RouterCommand),
+    /// Route texts (argument or stdin lines) to a domain; one JSON object per input.
+    Route(router_cmd::RouteArgs),
+    /// Mixture of modular experts: build (PLE), train (JEET / MoE-CE), eval, export-expert.
+    #[command(subcommand)]
+    Moe(moe_cmd::MoeCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Moe(c) => moe_cmd::run_moe(c),
         Command::Data(c) => data_cmd::run_data(c),
         Command::Tokenizer(c) => data_cmd::run_tokenizer(c),
         Command::Train(a) => train_cmd::run_train(a),
         Command::Eval(a) => lm_cmd::run_eval(a),
         Command::Generate(a) => lm_cmd::run_generate(a),
         Command::Bench(c) => bench_cmd::run_bench(c),
+        Command::Distill(a) => distill_cmd::run_distill_cmd(a),
+        Command::TeacherCache(c) => distill_cmd::run_teacher_cache(c),
+        Command::Experiment(c) => distill_cmd::run_experiment(c),
+        Command::Router(c) => router_cmd::run_router(c),
+        Command::Route(a) => router_cmd::run_route(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -2,7 +2,7 @@
 //! shards (mome-data) in the order of a seeded, resumable sampler (method §8's
 //! balanced / sequential regimes, JEET's per-domain blocks, or mixed).
 
-use mome_data::sampler::{BatchSampler, SamplerConfig};
+use mome_data::sampler::{BatchSampler, SamplerConfig, SeqRef};
 use mome_data::shards::ShardSet;
 use tch::Tensor;
 
@@ -16,6 +16,7 @@ pub struct ShardBatches {
     split: String,
     buf: Vec<i64>,
     last_domain: Option<usize>,
+    last_items: Vec<SeqRef>,
 }
 
 impl ShardBatches {
@@ -28,6 +29,18 @@ impl ShardBatches {
     /// single-domain samplers (`blocks`, `sequential`); `None` for mixed batches.
     pub fn last_domain(&self) -> Option<usize> {
         self.last_domain
+    }
+
+    /// The sequences of the last batch, in row order: (domain index into
+    /// [`ShardBatches::domains`], sequence index within that domain). Lets a caller
+    /// map batch rows to per-sequence side data (e.g. a teacher cache).
+    pub fn last_items(&self) -> &[SeqRef] {
+        &self.last_items
+    }
+
+    /// The split read from.
+    pub fn split(&self) -> &str {
+        &self.split
     }
 
     /// The shards read from.
@@ -44,6 +57,7 @@ impl ShardBatches {
             split: split.to_string(),
             buf: Vec::new(),
             last_domain: None,
+            last_items: Vec::new(),
         })
     }
 }
@@ -63,6 +77,7 @@ impl BatchSource for ShardBatches {
                 &mut self.buf[i * seq_len..(i + 1) * seq_len],
             )?;
         }
+        self.last_items.clone_from(&batch.items);
         Ok(Tensor::from_slice(&self.buf).view([batch.items.len() as i64, seq_len as i64]))
     }
 

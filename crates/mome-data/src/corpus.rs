@@ -111,6 +111,21 @@ pub enum Split {
 /// (little endian) followed by the id, first 8 bytes as a fraction of 2^64, is
 /// compared with `valid_fraction`. The same id lands in the same split in every
 /// language and on every run, which keeps aligned articles aligned.
+///
+/// ```
+/// use mome_data::corpus::{split_train_valid, Split};
+///
+/// // Deterministic: the same id, fraction and seed always give the same split.
+/// let s = split_train_valid("Q42", 0.1, 7);
+/// assert_eq!(s, split_train_valid("Q42", 0.1, 7));
+/// // Fraction 0 keeps everything in train.
+/// assert_eq!(split_train_valid("Q42", 0.0, 7), Split::Train);
+/// // About the requested fraction of ids goes to validation.
+/// let valid = (0..10_000)
+///     .filter(|i| split_train_valid(&format!("Q{i}"), 0.1, 7) == Split::Valid)
+///     .count();
+/// assert!((800..1200).contains(&valid), "{valid}");
+/// ```
 pub fn split_train_valid(id: &str, valid_fraction: f64, seed: u64) -> Split {
     if valid_fraction <= 0.0 {
         return Split::Train;

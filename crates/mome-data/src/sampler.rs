@@ -166,6 +166,41 @@ struct PermCache {
 
 /// A deterministic, infinite, resumable batch sampler (see the module docs).
 #[derive(Debug, Clone)]
+///
+/// ```
+/// use mome_data::sampler::{BatchSampler, SamplerConfig, SamplerKind};
+/// use mome_data::shards::{ShardSet, ShardWriter};
+///
+/// # fn main() -> mome_data::Result<()> {
+/// let tmp = tempfile::tempdir().unwrap();
+/// let dir = tmp.path().join("shards");
+/// // 3 `en` and 1 `py` sequences of 4 tokens.
+/// let mut w = ShardWriter::new(&dir, 100, 4, &"0".repeat(64), 1, 2)?;
+/// for i in 0..3 {
+///     w.push_sequence("train", "en", &[1, 10 + i, 11, 12])?;
+/// }
+/// w.push_sequence("train", "py", &[1, 50, 51, 52])?;
+/// w.finish()?;
+/// let shards = ShardSet::open(&dir)?;
+///
+/// // `balanced`: every batch of 4 holds 2 `en` and 2 `py` sequences; the smaller
+/// // domain restarts until the largest is covered.
+/// let cfg = SamplerConfig { kind: SamplerKind::Balanced, batch_size: 4, seed: 0, domains: vec![] };
+/// let mut s = BatchSampler::new(&shards, "train", cfg)?;
+/// assert_eq!(s.domains(), ["en", "py"]);
+/// let b = s.next_batch();
+/// assert_eq!(b.items.iter().filter(|r| r.domain == 0).count(), 2);
+///
+/// // Resumable: a restored sampler continues with the same batches.
+/// let state = s.state();
+/// let next = s.next_batch();
+/// let cfg2 = SamplerConfig { kind: SamplerKind::Balanced, batch_size: 4, seed: 0, domains: vec![] };
+/// let mut r = BatchSampler::new(&shards, "train", cfg2)?;
+/// r.restore(&state)?;
+/// assert_eq!(r.next_batch(), next);
+/// # Ok(())
+/// # }
+/// ```
 pub struct BatchSampler {
     kind: SamplerKind,
     batch_size: usize,

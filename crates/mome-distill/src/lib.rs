@@ -1,3 +1,35 @@
-//! Knowledge distillation for mome (method.md §4): KD losses, alpha strategies and
-//! the distillation trainer, built over `mome-core`. Its contents are built by the
-//! distillation issue; the crate exists now so the workspace layout is final.
+//! Knowledge distillation for mome (method.md §4; see `docs/distill.md`).
+//!
+//! - [`losses`]: forward KL, teacher-weighted CE (the research code's "inverse KL"),
+//!   reverse KL and Jensen-Shannon, over dense teacher logits or a sparse top-K
+//!   teacher, fp32 and NaN-free with -inf logits;
+//! - [`strategy`]: how CE and KD are weighted ([`strategy::WeightStrategy`]: fixed,
+//!   adaptive as in the research code with guards, alternating);
+//! - [`trainer`]: [`run_distill`], a student trained against a frozen teacher by
+//!   mome-core's `Trainer` (same checkpoints, resume and metrics as `mome train`);
+//! - [`cache`]: the offline top-K teacher cache ([`build_cache`], [`TeacherCache`]);
+//! - [`teacher`]: loading a frozen teacher.
+//!
+//! ```
+//! use mome_distill::losses::{kd_loss, KdLoss, Teacher};
+//! use tch::{Kind, Tensor};
+//! let s = Tensor::randn([2, 3, 5], (Kind::Float, tch::Device::Cpu));
+//! let out = kd_loss(KdLoss::ForwardKl, &s, Teacher::Logits(&s), None, 2.0).unwrap();
+//! assert!(out.loss.double_value(&[]).abs() < 1e-6); // KL(p || p) = 0
+//! ```
+
+pub mod cache;
+pub mod error;
+pub mod losses;
+pub mod strategy;
+pub mod teacher;
+pub mod trainer;
+
+pub use cache::{build_cache, CacheBuildOptions, CacheManifest, TeacherCache, ValueDtype};
+pub use error::{Error, Result};
+pub use losses::{kd_loss, KdLoss, KdOutput, SparseTeacher, Teacher};
+pub use strategy::{Adaptive, Alternating, Fixed, StrategyConfig, WeightStrategy};
+pub use trainer::{
+    final_validation, run_distill, DataSpec, DistillJob, DistillOutcome, DistillSettings, EvalSpec,
+    TeacherSection, DISTILL_METRICS,
+};

@@ -1,3 +1,32 @@
-//! Mixture of modular experts for mome (method.md §6–§8): PLE, JEET and MoE-CE
-//! behind the router. Its contents are built by the MoE issue; the crate exists
-//! now so the workspace layout is final.
+//! mome-moe: the mixture of modular experts of method.md §6–§7.
+//!
+//! - [`config`]: [`MoeConfig`] (`moe_config.json`), [`Arch`] (PLE, JEET, MoE-CE),
+//!   combination [`Setting`]s and the paper's 21-setting grid.
+//! - [`routing`]: per-sequence routing through the [`SequenceRouter`] trait (the
+//!   learned router of mome-router plugs in through an adapter implementing it),
+//!   [`LabelRouter`] for labelled shards, [`ExpertChoice`] and [`ResolvedSetting`].
+//! - [`model`]: [`MoeModel`]: one shared token/position embedding, N domain experts
+//!   (GPT-2 stacks fed the shared embeddings), an optional common expert, one shared
+//!   LM head; the forward pass groups sequences by expert.
+//! - [`io`]: save / load (validated) / export an expert as a Hugging Face GPT-2
+//!   folder / PLE assembly.
+//! - [`train`]: JEET and MoE-CE training on mome-core's trainer, routed expert only.
+//! - [`eval`]: per-setting, per-domain evaluation and the Markdown grid table.
+//!
+//! See `docs/moe.md`.
+
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod io;
+pub mod model;
+pub mod routing;
+pub mod train;
+
+pub use config::{paper_grid, Arch, ExpertId, MoeConfig, Setting, UsedExperts, COMMON, PAPER_GRID};
+pub use error::{Error, Result};
+pub use eval::{evaluate_settings, EvalOptions, EvalReport, SettingEval};
+pub use io::build_ple;
+pub use model::{Embeddings, MoeModel, MoeOutput};
+pub use routing::{ExpertChoice, LabelRouter, ResolvedSetting, Routing, SequenceRouter};
+pub use train::{train_moe, CrossEntropy, MoeLoss, RunOptions};

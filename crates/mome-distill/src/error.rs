@@ -1,0 +1,100 @@
+//! The error type of `mome-distill`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in distillation. Each variant names the file,
+/// field or quantity involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error of the training core (trainer, checkpoints, metrics).
+    #[error(transparent)]
+    Core(#[from] mome_core::Error),
+    /// An error of the model code.
+    #[error(transparent)]
+    Experts(#[from] mome_experts::Error),
+    /// An error of the data layer (shards, sampler, atomic writes).
+    #[error(transparent)]
+    Data(#[from] mome_data::Error),
+    /// An error raised by libtorch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// An I/O error on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// JSON (de)serialisation failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An invalid setting, rejected before any work starts.
+    #[error("invalid distillation config: {0}")]
+    Config(String),
+    /// Tensors of the wrong shape or dtype were given to a loss.
+    #[error("invalid loss input: {0}")]
+    Shape(String),
+    /// Teacher and student (or a cache) disagree on the vocabulary: they cannot
+    /// share a tokenizer.
+    #[error("vocabulary mismatch: {what} has {found} tokens but the student has {student}; teacher and student must share one tokenizer")]
+    VocabMismatch {
+        /// The teacher, cache or shards involved.
+        what: String,
+        /// Its vocabulary size.
+        found: usize,
+        /// The student's vocabulary size.
+        student: usize,
+    },
+    /// The teacher folder is missing or lacks `config.json` / `model.safetensors`.
+    #[error("teacher {path}: {reason}")]
+    MissingTeacher {
+        /// The folder given as teacher.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// A teacher cache that does not belong to these shards / this teacher / run.
+    #[error("teacher cache {path}: {what} does not match: the cache was built for {cached}, this run has {given}")]
+    CacheMismatch {
+        /// The cache folder.
+        path: PathBuf,
+        /// What differs (shards manifest, teacher weights, temperature, ...).
+        what: String,
+        /// The value recorded in the cache.
+        cached: String,
+        /// The value of this run.
+        given: String,
+    },
+    /// A teacher cache folder that is damaged or incomplete.
+    #[error("teacher cache {path}: {reason}")]
+    Cache {
+        /// The cache folder or file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Builds an [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for mome_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Core(inner) => inner,
+            other => mome_core::Error::External(Box::new(other)),
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,188 @@
+//! Distillation end to end on tiny synthetic data: KD vs CE alone, bad inputs.
+
+mod common;
+
+use common::*;
+use mome_core::metrics::read_metrics;
+use mome_distill::{
+    final_validation, run_distill, DistillSettings, Error, KdLoss, StrategyConfig, TeacherSection,
+    DISTILL_METRICS,
+};
+
+#[test]
+fn distilled_student_beats_ce_only_and_bad_inputs_are_typed_errors() {
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    let shards = make_shards(&root.path().join("shards"), 11, 192);
+    let teacher = train_teacher(root.path(), &shards, 150);
+    let t_val = final_validation(&root.path().join("teacher")).unwrap()["all"];
+
+    // The same student (init, data order, steps) with CE alone and with KD.
+    let student = model(1, 16, 2);
+    let steps = 40;
+    let run = |name: &str, strategy: StrategyConfig, loss: KdLoss| {
+        let j = job(
+            &root.path().join(name),
+            &shards,
+            student.clone(),
+            TeacherSection {
+                dir: Some(teacher.clone()),
+                ..Default::default()
+            },
+            train_cfg(steps, 1e-2, 3),
+            DistillSettings {
+                loss,
+                temperature: 1.0,
+                strategy,
+            },
+            8,
+        );
+        run_distill(&j).unwrap();
+        final_validation(&root.path().join(name)).unwrap()["all"]
+    };
+    let ce = run(
+        "ce",
+        StrategyConfig::Fixed { alpha: 1.0 },
+        KdLoss::ForwardKl,
+    );
+    let kd = run(
+        "kd",
+        StrategyConfig::Fixed { alpha: 0.5 },
+        KdLoss::ForwardKl,
+    );
+    let ad = run(
+        "adaptive",
+        StrategyConfig::Adaptive {
+            alpha: 0.5,
+            history: Some(5),
+        },
+        KdLoss::TeacherWeightedCe,
+    );
+    eprintln!("teacher {t_val:.6}  ce-only {ce:.6}  kd fixed {kd:.6}  adaptive twce {ad:.6}");
+    assert!(
+        t_val < ce,
+        "the teacher ({t_val}) must be better than the CE student ({ce})"
+    );
+    assert!(kd < ce, "distilled student {kd} should beat CE alone {ce}");
+
+    // alpha, beta, CE and KD are logged for every step.
+    let lines = read_metrics(&root.path().join("kd").join(DISTILL_METRICS)).unwrap();
+    assert_eq!(lines.len(), steps as usize);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["step"].as_u64(), Some(i as u64 + 1));
+        assert_eq!(l["alpha"].as_f64(), Some(0.5));
+        assert!(l["ce"].as_f64().unwrap() > 0.0 && l["kd"].as_f64().unwrap() >= 0.0);
+    }
+    // CE-only never runs the teacher: kd is null.
+    let lines = read_metrics(&root.path().join("ce").join(DISTILL_METRICS)).unwrap();
+    assert!(lines.iter().all(|l| l["kd"].is_null() && l["alpha"] == 1.0));
+    // Adaptive: the weights move once the history is full and always sum to 1.
+    let lines = read_metrics(&root.path().join("adaptive").join(DISTILL_METRICS)).unwrap();
+    assert!(lines
+        .iter()
+        .all(|l| (l["alpha"].as_f64().unwrap() + l["beta"].as_f64().unwrap() - 1.0).abs() < 1e-9));
+    let moved = lines
+        .iter()
+        .filter(|l| l["alpha"].as_f64() != Some(0.5))
+        .count();
+    eprintln!("adaptive: alpha != 0.5 on {moved} of {} steps", lines.len());
+    assert!(moved > 0);
+
+    // Mismatched vocabulary: typed error, nothing written.
+    let mut wide = student.clone();
+    wide.vocab_size = VOCAB as i64 + 8;
+    let bad = root.path().join("bad-vocab");
+    let j = job(
+        &bad,
+        &shards,
+        wide,
+        TeacherSection {
+            dir: Some(teacher.clone()),
+            ..Default::default()
+        },
+        train_cfg(2, 1e-2, 0),
+        DistillSettings::default(),
+        8,
+    );
+    let e = run_distill(&j).unwrap_err();
+    assert!(matches!(e, Error::VocabMismatch { .. }), "{e}");
+    assert!(!bad.exists(), "no step may run");
+
+    // Missing teacher folder.
+    let j = job(
+        &root.path().join("bad-teacher"),
+        &shards,
+        student.clone(),
+        TeacherSection {
+            dir: Some(root.path().join("nope")),
+            ..Default::default()
+        },
+        train_cfg(2, 1e-2, 0),
+        DistillSettings::default(),
+        8,
+    );
+    let e = run_distill(&j).unwrap_err();
+    assert!(matches!(e, Error::MissingTeacher { .. }), "{e}");
+    // No teacher at all with a KD strategy.
+    let mut j2 = j.clone();
+    j2.teacher = TeacherSection::default();
+    assert!(matches!(run_distill(&j2).unwrap_err(), Error::Config(_)));
+    // Tokenizer of another hash.
+    let mut j3 = j.clone();
+    j3.teacher.dir = Some(teacher.clone());
+    j3.data.tokenizer_sha256 = Some("2".repeat(64));
+    let e = run_distill(&j3).unwrap_err();
+    assert!(
+        matches!(e, Error::Data(mome_data::Error::TokenizerMismatch { .. })),
+        "{e}"
+    );
+}
+
+#[test]
+fn adaptive_run_resumes_exactly() {
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    let shards = make_shards(&root.path().join("shards"), 5, 48);
+    let teacher = train_teacher(root.path(), &shards, 10);
+    let mk = |dir: &str, resume: bool| {
+        let mut t = train_cfg(8, 5e-3, 1);
+        t.checkpoint_every = 4;
+        t.max_steps = 8;
+        let mut j = job(
+            &root.path().join(dir),
+            &shards,
+            model(1, 16, 2),
+            TeacherSection {
+                dir: Some(teacher.clone()),
+                ..Default::default()
+            },
+            t,
+            DistillSettings {
+                loss: KdLoss::ForwardKl,
+                temperature: 2.0,
+                strategy: StrategyConfig::Adaptive {
+                    alpha: 0.5,
+                    history: Some(3),
+                },
+            },
+            4,
+        );
+        j.resume = resume;
+        j
+    };
+    // Uninterrupted run.
+    run_distill(&mk("full", false)).unwrap();
+    // An interrupted run: the same run with its step-8 checkpoint removed, so that
+    // resuming starts from step 4 with distill_metrics lines 5..8 to be cut back.
+    let part = root.path().join("part");
+    run_distill(&mk("part", false)).unwrap();
+    std::fs::remove_dir_all(part.join("checkpoints").join("step-00000008")).unwrap();
+    run_distill(&mk("part", true)).unwrap();
+    let a = read_metrics(&root.path().join("full").join(DISTILL_METRICS)).unwrap();
+    let b = read_metrics(&part.join(DISTILL_METRICS)).unwrap();
+    assert_eq!(a.len(), 8);
+    assert_eq!(
+        a, b,
+        "resumed adaptive run must log the same alpha/beta/CE/KD"
+    );
+}

@@ -1,0 +1,328 @@
+//! Evaluation of combination settings (method §7): per-domain validation loss and
+//! perplexity, active and total parameters, throughput, time; Markdown table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use mome_data::shards::ShardSet;
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::config::{Setting, UsedExperts};
+use crate::error::{Error, Result};
+use crate::model::MoeModel;
+use crate::routing::{ExpertChoice, ResolvedSetting, SequenceRouter};
+
+/// Figures of one domain under one setting.
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainEval {
+    /// Mean next-token cross-entropy (nats per token).
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Target tokens evaluated.
+    pub tokens: i64,
+    /// Sequences evaluated.
+    pub sequences: usize,
+}
+
+/// Figures of one setting.
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingEval {
+    /// Position in the list of settings (1-based).
+    pub index: usize,
+    /// The setting.
+    pub setting: Setting,
+    /// Why the setting was not run (e.g. it needs a common expert the model lacks).
+    pub skipped: Option<String>,
+    /// domain -> figures.
+    pub domains: BTreeMap<String, DomainEval>,
+    /// Token-weighted mean loss over the domains.
+    pub mean_loss: f64,
+    /// Parameters a sequence runs through (largest over the evaluated sequences).
+    pub active_parameters: i64,
+    /// Sequences handled by each expert (an averaged sequence counts for each).
+    pub expert_sequences: BTreeMap<String, usize>,
+    /// Routing accuracy against the domain labels (only with a router).
+    pub routing_accuracy: Option<f64>,
+    /// Target tokens per second.
+    pub tokens_per_second: f64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// What `mome moe eval` writes.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// The split evaluated.
+    pub split: String,
+    /// Architecture of the model.
+    pub arch: String,
+    /// Distinct parameters of the whole model.
+    pub total_parameters: i64,
+    /// Sequences per domain evaluated (0 = all).
+    pub max_sequences: usize,
+    /// One entry per setting, in order.
+    pub settings: Vec<SettingEval>,
+}
+
+/// How [`evaluate_settings`] reads the shards.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// The split evaluated (normally `validation`).
+    pub split: String,
+    /// Sequences per domain (0 = all).
+    pub max_sequences: usize,
+    /// Sequences per forward pass.
+    pub batch_size: usize,
+    /// Report settings that need a missing common expert as skipped instead of failing.
+    pub skip_unavailable: bool,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            split: "validation".into(),
+            max_sequences: 0,
+            batch_size: 8,
+            skip_unavailable: false,
+        }
+    }
+}
+
+/// Evaluates `settings` on every domain of `opts.split`.
+///
+/// Sequences of domain `d` are routed to `d`'s expert by label (or by `router` when
+/// given, which then also yields routing accuracy), then combined by each setting.
+/// Everything is checked before any forward pass: every domain of the split must be
+/// an expert, the router's classes must be experts, settings must name experts.
+/// With `skip_unavailable`, settings that need a common expert the model lacks are
+/// reported as skipped instead of failing.
+pub fn evaluate_settings(
+    model: &MoeModel,
+    shards: &ShardSet,
+    settings: &[Setting],
+    opts: &EvalOptions,
+    router: Option<&dyn SequenceRouter>,
+) -> Result<EvalReport> {
+    let EvalOptions {
+        ref split,
+        max_sequences,
+        batch_size,
+        skip_unavailable,
+    } = *opts;
+    let split = split.as_str();
+    if batch_size == 0 {
+        return Err(Error::Config("evaluation batch_size must be > 0".into()));
+    }
+    let cfg = model.config();
+    shards.check_vocab(cfg.expert.vocab_size as usize)?;
+    if shards.seq_len() as i64 > cfg.expert.n_positions {
+        return Err(Error::Config(format!(
+            "the shards hold {}-token sequences but the experts have only {} positions",
+            shards.seq_len(),
+            cfg.expert.n_positions
+        )));
+    }
+    let domains = shards.domains(split)?;
+    let unknown: Vec<&String> = domains
+        .iter()
+        .filter(|d| cfg.domain_index(d).is_none())
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::Routing(format!(
+            "split {split} has domains {unknown:?} without an expert (experts: {:?})",
+            cfg.domains
+        )));
+    }
+    if let Some(r) = router {
+        crate::routing::ClassMap::new(r.classes(), cfg)?;
+    }
+    let mut resolved = Vec::new();
+    for s in settings {
+        match ResolvedSetting::new(s, cfg) {
+            Ok(r) => resolved.push(Ok(r)),
+            Err(Error::Config(m)) if skip_unavailable && s.common && !cfg.common_expert => {
+                resolved.push(Err(m))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let seq_len = shards.seq_len();
+    let device = model.device();
+    let n = cfg.domains.len();
+    let _guard = tch::no_grad_guard();
+    let mut out = Vec::new();
+    for (index, (s, r)) in settings.iter().zip(resolved).enumerate() {
+        let setting = match r {
+            Ok(r) => r,
+            Err(why) => {
+                out.push(SettingEval {
+                    index: index + 1,
+                    setting: s.clone(),
+                    skipped: Some(why),
+                    domains: BTreeMap::new(),
+                    mean_loss: f64::NAN,
+                    active_parameters: 0,
+                    expert_sequences: BTreeMap::new(),
+                    routing_accuracy: None,
+                    tokens_per_second: 0.0,
+                    seconds: 0.0,
+                });
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let mut per_domain = BTreeMap::new();
+        let (mut all_sum, mut all_tokens) = (0f64, 0i64);
+        let mut active_parameters = 0i64;
+        let mut usage: BTreeMap<String, usize> = BTreeMap::new();
+        let (mut routed_ok, mut routed_n) = (0usize, 0usize);
+        for domain in &domains {
+            let label = cfg.domain_index(domain).expect("checked");
+            let reader = shards.reader(split, domain)?;
+            let count = match max_sequences {
+                0 => reader.len(),
+                m => m.min(reader.len()),
+            };
+            let mut sum = Tensor::zeros([], (Kind::Double, device));
+            let mut tokens = 0i64;
+            let mut buf = vec![0i64; batch_size * seq_len];
+            let mut start = 0;
+            while start < count {
+                let b = batch_size.min(count - start);
+                for i in 0..b {
+                    reader.read_into_i64(start + i, &mut buf[i * seq_len..(i + 1) * seq_len])?;
+                }
+                let ids = Tensor::from_slice(&buf[..b * seq_len])
+                    .view([b as i64, seq_len as i64])
+                    .to_device(device);
+                let choices = match router {
+                    Some(r) => {
+                        let c = model.route_batch(r, &ids)?;
+                        routed_n += c.len();
+                        routed_ok += c.iter().filter(|x| x.expert == label).count();
+                        c
+                    }
+                    None => vec![ExpertChoice::label(label, n); b],
+                };
+                let o = model.forward_resolved(&ids, &choices, &setting, false)?;
+                for a in &o.active {
+                    active_parameters = active_parameters.max(model.active_parameters(a)?);
+                    for id in a {
+                        *usage.entry(model.expert_name(*id).to_string()).or_default() += 1;
+                    }
+                }
+                let (s, c) = mome_experts::causal_lm_loss_sum(&o.logits, &ids, None)?;
+                sum += s.to_kind(Kind::Double);
+                tokens += c;
+                start += b;
+            }
+            let sum = sum.double_value(&[]);
+            let loss = sum / tokens.max(1) as f64;
+            all_sum += sum;
+            all_tokens += tokens;
+            per_domain.insert(
+                domain.clone(),
+                DomainEval {
+                    loss,
+                    perplexity: loss.exp(),
+                    tokens,
+                    sequences: count,
+                },
+            );
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        out.push(SettingEval {
+            index: index + 1,
+            setting: s.clone(),
+            skipped: None,
+            domains: per_domain,
+            mean_loss: all_sum / all_tokens.max(1) as f64,
+            active_parameters,
+            expert_sequences: usage,
+            routing_accuracy: router.map(|_| routed_ok as f64 / routed_n.max(1) as f64),
+            tokens_per_second: all_tokens as f64 / seconds.max(1e-9),
+            seconds,
+        });
+    }
+    Ok(EvalReport {
+        split: split.to_string(),
+        arch: model.arch().name().to_string(),
+        total_parameters: model.total_parameters(),
+        max_sequences,
+        settings: out,
+    })
+}
+
+impl EvalReport {
+    /// A Markdown table: one row per setting, loss (perplexity) per domain.
+    pub fn to_markdown(&self) -> String {
+        let domains: Vec<String> = self
+            .settings
+            .iter()
+            .find(|s| s.skipped.is_none())
+            .map(|s| s.domains.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "MoE evaluation ({}, split {}, total parameters {}, {} sequences per domain)\n",
+            self.arch,
+            self.split,
+            self.total_parameters,
+            if self.max_sequences == 0 {
+                "all".to_string()
+            } else {
+                format!("at most {}", self.max_sequences)
+            }
+        );
+        let mut head = "| # | common | used experts | average |".to_string();
+        let mut rule = "|---|---|---|---|".to_string();
+        for d in &domains {
+            let _ = write!(head, " {d} loss (ppl) |");
+            rule.push_str("---|");
+        }
+        head.push_str(" mean loss | active params | tokens/s | seconds |");
+        rule.push_str("---|---|---|---|");
+        let _ = writeln!(md, "{head}\n{rule}");
+        for s in &self.settings {
+            let used = match &s.setting.used {
+                UsedExperts::All => "all".to_string(),
+                UsedExperts::None => "none".to_string(),
+                UsedExperts::Some(v) => v.join(" "),
+            };
+            let tf = |b: bool| if b { "T" } else { "F" };
+            let mut row = format!(
+                "| {} | {} | {} | {} |",
+                s.index,
+                tf(s.setting.common),
+                used,
+                tf(s.setting.average)
+            );
+            if let Some(why) = &s.skipped {
+                for _ in &domains {
+                    row.push_str(" – |");
+                }
+                let _ = write!(row, " skipped: {why} | | | |");
+            } else {
+                for d in &domains {
+                    match s.domains.get(d) {
+                        Some(e) => {
+                            let _ = write!(row, " {:.4} ({:.1}) |", e.loss, e.perplexity);
+                        }
+                        None => row.push_str(" – |"),
+                    }
+                }
+                let _ = write!(
+                    row,
+                    " {:.4} | {} | {:.0} | {:.2} |",
+                    s.mean_loss, s.active_parameters, s.tokens_per_second, s.seconds
+                );
+            }
+            let _ = writeln!(md, "{row}");
+        }
+        md
+    }
+}

@@ -1,0 +1,543 @@
+//! The mixture of modular experts: shared embeddings, N domain experts, an optional
+//! common expert, a shared LM head, and the per-sequence grouped forward pass.
+
+use std::collections::BTreeMap;
+
+use mome_experts::{Gpt2Config, Gpt2Stack};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::config::{Arch, ExpertId, MoeConfig, Setting, COMMON};
+use crate::error::{Error, Result};
+use crate::routing::{route_batch, ExpertChoice, ResolvedSetting, SequenceRouter};
+
+/// A token embedding, a position embedding and an LM head (tied to the token
+/// embedding when `lm_head` is `None`).
+#[derive(Debug)]
+pub struct Embeddings {
+    wte: Tensor,
+    wpe: Tensor,
+    lm_head: Option<Tensor>,
+    prefix: String,
+    head_name: String,
+}
+
+impl Embeddings {
+    fn new(
+        p: &nn::Path,
+        head: &nn::Path,
+        cfg: &Gpt2Config,
+        prefix: String,
+        head_name: String,
+    ) -> Self {
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: cfg.initializer_range,
+        };
+        Self {
+            wte: p
+                .sub("wte")
+                .var("weight", &[cfg.vocab_size, cfg.n_embd], init),
+            wpe: p
+                .sub("wpe")
+                .var("weight", &[cfg.n_positions, cfg.n_embd], init),
+            lm_head: (!cfg.tie_word_embeddings).then(|| {
+                head.sub("lm_head")
+                    .var("weight", &[cfg.vocab_size, cfg.n_embd], init)
+            }),
+            prefix,
+            head_name,
+        }
+    }
+
+    /// The token embedding `[vocab, n_embd]`.
+    pub fn wte(&self) -> &Tensor {
+        &self.wte
+    }
+
+    /// The position embedding `[n_positions, n_embd]`.
+    pub fn wpe(&self) -> &Tensor {
+        &self.wpe
+    }
+
+    /// The LM head matrix `[vocab, n_embd]` (the token embedding when tied).
+    pub fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.wte)
+    }
+
+    /// Parameters under their var-store names.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![
+            (
+                format!("{}wte.weight", self.prefix),
+                self.wte.shallow_clone(),
+            ),
+            (
+                format!("{}wpe.weight", self.prefix),
+                self.wpe.shallow_clone(),
+            ),
+        ];
+        if let Some(h) = &self.lm_head {
+            v.push((self.head_name.clone(), h.shallow_clone()));
+        }
+        v
+    }
+
+    fn numel(&self) -> i64 {
+        self.named_parameters()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
+    }
+}
+
+/// One expert: a GPT-2 stack and the index of the embeddings it reads.
+#[derive(Debug)]
+struct Expert {
+    stack: Gpt2Stack,
+    emb: usize,
+    prefix: String,
+}
+
+/// Output of [`MoeModel::forward`].
+#[derive(Debug)]
+pub struct MoeOutput {
+    /// Logits `[B, T, vocab]`, fp32.
+    pub logits: Tensor,
+    /// The experts each sequence used, sorted (domain experts, then common).
+    pub active: Vec<Vec<ExpertId>>,
+}
+
+/// The mixture of modular experts (method §6).
+///
+/// Variable names (JEET / MoE-CE): `shared.wte.weight`, `shared.wpe.weight`,
+/// `lm_head.weight` (only when `tie_word_embeddings` is false), `experts.<domain>.h.<i>.…`
+/// and `experts.<domain>.ln_f.…` (Hugging Face block names), `common.h.…`,
+/// `common.ln_f.…`. PLE: each expert keeps its own embeddings and head, at
+/// `experts.<domain>.wte.weight`, `experts.<domain>.wpe.weight`,
+/// `experts.<domain>.lm_head.weight` (and `common.…` likewise).
+///
+/// Combination: the output hidden state of a sequence is the mean of the final
+/// hidden states (after each expert's `ln_f`) of its active experts, then the LM
+/// head. For PLE, whose experts have their own heads, the logits are the mean of the
+/// active experts' logits (the same thing when the head is shared, since the head is
+/// linear without bias).
+#[derive(Debug)]
+pub struct MoeModel {
+    cfg: MoeConfig,
+    embeddings: Vec<Embeddings>,
+    experts: Vec<Expert>,
+    common: Option<Expert>,
+    compute_kind: Kind,
+    device: Device,
+}
+
+impl MoeModel {
+    /// Builds the model at `p` (the var store root) with GPT-2 initialisation.
+    pub fn new(p: &nn::Path, cfg: &MoeConfig) -> Result<Self> {
+        cfg.validate()?;
+        let e = &cfg.expert;
+        let mut embeddings = Vec::new();
+        let mut experts = Vec::new();
+        let shared = cfg.arch.shared_embeddings();
+        if shared {
+            embeddings.push(Embeddings::new(
+                &p.sub("shared"),
+                p,
+                e,
+                "shared.".into(),
+                "lm_head.weight".into(),
+            ));
+        }
+        let mut make = |prefix: String, path: nn::Path| -> Result<Expert> {
+            let emb = if shared {
+                0
+            } else {
+                embeddings.push(Embeddings::new(
+                    &path,
+                    &path,
+                    e,
+                    format!("{prefix}."),
+                    format!("{prefix}.lm_head.weight"),
+                ));
+                embeddings.len() - 1
+            };
+            Ok(Expert {
+                stack: Gpt2Stack::new(&path, e)?,
+                emb,
+                prefix,
+            })
+        };
+        for d in &cfg.domains {
+            experts.push(make(format!("experts.{d}"), p.sub("experts").sub(d))?);
+        }
+        let common = if cfg.common_expert {
+            Some(make(COMMON.to_string(), p.sub(COMMON))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embeddings,
+            experts,
+            common,
+            compute_kind: Kind::Float,
+            device: p.device(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MoeConfig {
+        &self.cfg
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> Arch {
+        self.cfg.arch
+    }
+
+    /// Domain names, in expert order.
+    pub fn domains(&self) -> &[String] {
+        &self.cfg.domains
+    }
+
+    /// The device of the parameters.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Sets the kind matmuls and attention run in (parameters stay fp32).
+    pub fn set_compute_kind(&mut self, kind: Kind) -> Result<()> {
+        for x in self.experts.iter_mut().chain(self.common.as_mut()) {
+            x.stack.set_compute_kind(kind)?;
+        }
+        self.compute_kind = kind;
+        Ok(())
+    }
+
+    /// Every expert id of the model (domains in order, then the common expert).
+    pub fn expert_ids(&self) -> Vec<ExpertId> {
+        let mut v: Vec<ExpertId> = (0..self.experts.len()).map(ExpertId::Domain).collect();
+        if self.common.is_some() {
+            v.push(ExpertId::Common);
+        }
+        v
+    }
+
+    /// The name of an expert (`en`, ..., `common`).
+    pub fn expert_name(&self, id: ExpertId) -> &str {
+        match id {
+            ExpertId::Domain(i) => &self.cfg.domains[i],
+            ExpertId::Common => COMMON,
+        }
+    }
+
+    /// Resolves an expert name (`common` for the common expert).
+    pub fn expert_id(&self, name: &str) -> Result<ExpertId> {
+        if name == COMMON && self.common.is_some() {
+            return Ok(ExpertId::Common);
+        }
+        self.cfg
+            .domain_index(name)
+            .map(ExpertId::Domain)
+            .ok_or_else(|| {
+                Error::Routing(format!(
+                    "no expert named {name:?} (experts: {:?}{})",
+                    self.cfg.domains,
+                    if self.common.is_some() {
+                        " and common"
+                    } else {
+                        ""
+                    }
+                ))
+            })
+    }
+
+    fn expert(&self, id: ExpertId) -> Result<&Expert> {
+        match id {
+            ExpertId::Domain(i) => self.experts.get(i),
+            ExpertId::Common => self.common.as_ref(),
+        }
+        .ok_or_else(|| Error::Routing(format!("the model has no expert {id:?}")))
+    }
+
+    /// The embeddings (and head) an expert reads.
+    pub fn embeddings_of(&self, id: ExpertId) -> Result<&Embeddings> {
+        Ok(&self.embeddings[self.expert(id)?.emb])
+    }
+
+    /// An expert's stack.
+    pub fn stack(&self, id: ExpertId) -> Result<&Gpt2Stack> {
+        Ok(&self.expert(id)?.stack)
+    }
+
+    /// An expert's stack parameters under their var-store names
+    /// (`experts.<d>.h.0.ln_1.weight`, ...; PLE: its own embeddings and head too).
+    pub fn expert_parameters(&self, id: ExpertId) -> Result<Vec<(String, Tensor)>> {
+        let x = self.expert(id)?;
+        let mut v: Vec<(String, Tensor)> = x
+            .stack
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (format!("{}.{n}", x.prefix), t))
+            .collect();
+        if !self.cfg.arch.shared_embeddings() {
+            v.extend(self.embeddings[x.emb].named_parameters());
+        }
+        Ok(v)
+    }
+
+    /// The shared embeddings and head (empty for PLE).
+    pub fn shared_parameters(&self) -> Vec<(String, Tensor)> {
+        if self.cfg.arch.shared_embeddings() {
+            self.embeddings[0].named_parameters()
+        } else {
+            vec![]
+        }
+    }
+
+    /// Every parameter under its var-store name, sorted.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = self.shared_parameters();
+        for id in self.expert_ids() {
+            v.extend(self.expert_parameters(id).expect("own id"));
+        }
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Sets `requires_grad` on an expert's parameters (freezing it for AdamW).
+    pub fn set_expert_trainable(&self, id: ExpertId, trainable: bool) -> Result<()> {
+        for (_, t) in self.expert_parameters(id)? {
+            let _ = t.set_requires_grad(trainable);
+        }
+        Ok(())
+    }
+
+    /// Sets `requires_grad` on every parameter.
+    pub fn set_all_trainable(&self, trainable: bool) {
+        for (_, t) in self.named_parameters() {
+            let _ = t.set_requires_grad(trainable);
+        }
+    }
+
+    /// Distinct parameters of the whole model.
+    pub fn total_parameters(&self) -> i64 {
+        self.named_parameters()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
+    }
+
+    /// Parameters one sequence runs through with these active experts: the
+    /// embeddings and head they read (once each) plus their stacks.
+    pub fn active_parameters(&self, active: &[ExpertId]) -> Result<i64> {
+        let mut embs = std::collections::BTreeSet::new();
+        let mut n = 0i64;
+        for &id in active {
+            let x = self.expert(id)?;
+            embs.insert(x.emb);
+            n += x
+                .stack
+                .named_parameters()
+                .iter()
+                .map(|(_, t)| t.numel() as i64)
+                .sum::<i64>();
+        }
+        Ok(n + embs
+            .iter()
+            .map(|&e| self.embeddings[e].numel())
+            .sum::<i64>())
+    }
+
+    /// Token + position embeddings of `ids` `[G, T]` (Int64, on the device) with
+    /// embedding dropout when `train` (as `Gpt2Model::embed`).
+    fn embed(&self, e: usize, ids: &Tensor, train: bool) -> Result<Tensor> {
+        let emb = &self.embeddings[e];
+        let t = ids.size()[1];
+        let tok = Tensor::f_embedding(&emb.wte, ids, -1, false, false)?;
+        let pos = Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0);
+        let pe = Tensor::f_embedding(&emb.wpe, &pos, -1, false, false)?;
+        Ok((tok + pe).dropout(self.cfg.expert.embd_pdrop, train))
+    }
+
+    /// Routes each row of `ids` with `router` (classes checked against the experts
+    /// before any routing).
+    pub fn route_batch(
+        &self,
+        router: &dyn SequenceRouter,
+        ids: &Tensor,
+    ) -> Result<Vec<ExpertChoice>> {
+        route_batch(router, &self.cfg, ids)
+    }
+
+    /// Forward pass with per-sequence routing: `choices[i]` routes row `i` of `ids`
+    /// `[B, T]`; `setting` decides the active experts of each sequence. Sequences are
+    /// grouped by expert (`index_select`), each expert runs once on its group, and the
+    /// outputs are added back per sequence (`index_add`) and averaged.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        choices: &[ExpertChoice],
+        setting: &Setting,
+        train: bool,
+    ) -> Result<MoeOutput> {
+        let resolved = ResolvedSetting::new(setting, &self.cfg)?;
+        self.forward_resolved(ids, choices, &resolved, train)
+    }
+
+    /// [`MoeModel::forward`] with a setting resolved beforehand.
+    pub fn forward_resolved(
+        &self,
+        ids: &Tensor,
+        choices: &[ExpertChoice],
+        setting: &ResolvedSetting,
+        train: bool,
+    ) -> Result<MoeOutput> {
+        let n = self.experts.len();
+        for (i, c) in choices.iter().enumerate() {
+            if c.expert >= n || c.probabilities.len() != n {
+                return Err(Error::Routing(format!(
+                    "sequence {i}: routed to expert {} with {} probabilities; the model has {n} domain experts",
+                    c.expert,
+                    c.probabilities.len()
+                )));
+            }
+        }
+        let active: Vec<Vec<ExpertId>> = choices.iter().map(|c| setting.active(c)).collect();
+        self.forward_active(ids, &active, train)
+    }
+
+    /// Forward pass with explicit active experts per sequence (each non-empty).
+    pub fn forward_active(
+        &self,
+        ids: &Tensor,
+        active: &[Vec<ExpertId>],
+        train: bool,
+    ) -> Result<MoeOutput> {
+        let size = ids.size();
+        if size.len() != 2 {
+            return Err(Error::Input(format!(
+                "input ids must be [batch, seq], got {size:?}"
+            )));
+        }
+        if !matches!(
+            ids.kind(),
+            Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Uint8 | Kind::Int8
+        ) {
+            return Err(Error::Input(format!(
+                "input ids must be an integer tensor, got {:?}",
+                ids.kind()
+            )));
+        }
+        let (b, t) = (size[0], size[1]);
+        if active.len() as i64 != b {
+            return Err(Error::Routing(format!(
+                "{} routings for a batch of {b} sequences",
+                active.len()
+            )));
+        }
+        let e = &self.cfg.expert;
+        if t > e.n_positions {
+            return Err(Error::Input(format!(
+                "sequence length {t} exceeds n_positions {}",
+                e.n_positions
+            )));
+        }
+        let mut groups: BTreeMap<ExpertId, Vec<i64>> = BTreeMap::new();
+        for (i, a) in active.iter().enumerate() {
+            if a.is_empty() {
+                return Err(Error::Routing(format!("sequence {i} has no active expert")));
+            }
+            for &id in a {
+                self.expert(id)?;
+                let g = groups.entry(id).or_default();
+                if g.last() != Some(&(i as i64)) {
+                    g.push(i as i64);
+                }
+            }
+        }
+        let ids = ids.to_device(self.device).to_kind(Kind::Int64);
+        if b > 0 && t > 0 {
+            let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+            if lo < 0 || hi >= e.vocab_size {
+                return Err(Error::Input(format!(
+                    "token id {} is outside the vocabulary [0, {})",
+                    if lo < 0 { lo } else { hi },
+                    e.vocab_size
+                )));
+            }
+        }
+        let counts: Vec<f32> = active
+            .iter()
+            .map(|a| {
+                let mut a = a.clone();
+                a.sort();
+                a.dedup();
+                a.len() as f32
+            })
+            .collect();
+        let inv = Tensor::from_slice(&counts)
+            .to_device(self.device)
+            .reciprocal()
+            .view([b, 1, 1]);
+        let shared = self.cfg.arch.shared_embeddings();
+        let shared_emb = if shared {
+            Some(self.embed(0, &ids, train)?)
+        } else {
+            None
+        };
+        // Per embedding set: the sum of its experts' outputs and the rows touched.
+        let mut sums: BTreeMap<usize, (Tensor, Vec<i64>)> = BTreeMap::new();
+        for (id, rows) in &groups {
+            let x = self.expert(*id)?;
+            let idx = Tensor::from_slice(rows).to_device(self.device);
+            let h_in = match &shared_emb {
+                Some(h) => h.index_select(0, &idx),
+                None => self.embed(x.emb, &ids.index_select(0, &idx), train)?,
+            };
+            let out = x.stack.forward(&h_in, None, None, false, train)?;
+            let entry = sums.entry(x.emb).or_insert_with(|| {
+                (
+                    Tensor::zeros([b, t, e.n_embd], (Kind::Float, self.device)),
+                    Vec::new(),
+                )
+            });
+            entry.0 = entry
+                .0
+                .index_add(0, &idx, &out.last_hidden_state.to_kind(Kind::Float));
+            entry.1.extend(rows);
+        }
+        let k = self.compute_kind;
+        let mut logits: Option<Tensor> = None;
+        for (emb, (sum, mut rows)) in sums {
+            let head = self.embeddings[emb].head().to_kind(k);
+            let mean = sum * &inv;
+            rows.sort_unstable();
+            rows.dedup();
+            let part = if rows.len() as i64 == b {
+                mean.to_kind(k)
+                    .f_linear::<Tensor>(&head, None)?
+                    .to_kind(Kind::Float)
+            } else {
+                let idx = Tensor::from_slice(&rows).to_device(self.device);
+                let l = mean
+                    .index_select(0, &idx)
+                    .to_kind(k)
+                    .f_linear::<Tensor>(&head, None)?
+                    .to_kind(Kind::Float);
+                Tensor::zeros([b, t, e.vocab_size], (Kind::Float, self.device))
+                    .index_add(0, &idx, &l)
+            };
+            logits = Some(match logits {
+                None => part,
+                Some(acc) => acc + part,
+            });
+        }
+        let logits = logits
+            .unwrap_or_else(|| Tensor::zeros([b, t, e.vocab_size], (Kind::Float, self.device)));
+        Ok(MoeOutput {
+            logits,
+            active: active.to_vec(),
+        })
+    }
+}
