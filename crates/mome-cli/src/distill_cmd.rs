@@ -19,29 +19,13 @@ use mome_distill::{
 use mome_plot::{line_chart, LineChart, Series};
 use serde::Deserialize;
 
-use crate::train_cmd::{model_config, DataSection, EvalSection};
+use crate::train_cmd::{model_config, DataSection, EvalSection, RunArgs};
 
-/// Arguments of `mome distill`.
+/// Arguments of `mome distill` (config: see configs/distill-demo.toml and docs/distill.md).
 #[derive(Debug, Args)]
 pub struct DistillArgs {
-    /// TOML config (see configs/distill-demo.toml and docs/distill.md).
-    #[arg(long)]
-    config: PathBuf,
-    /// Continue from the latest checkpoint in the run folder.
-    #[arg(long)]
-    resume: bool,
-    /// Override the config's `out_dir`.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Override the config's `device`.
-    #[arg(long)]
-    device: Option<DeviceSpec>,
-    /// Override `train.max_steps`.
-    #[arg(long)]
-    max_steps: Option<u64>,
-    /// No progress output.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 /// The whole `mome distill` config file.
@@ -96,20 +80,12 @@ fn eval_spec(e: &EvalSection) -> EvalSpec {
 
 /// Runs `mome distill`.
 pub fn run_distill_cmd(a: DistillArgs) -> Result<()> {
+    let a = a.run;
     let text = std::fs::read_to_string(&a.config)
         .with_context(|| format!("reading {}", a.config.display()))?;
     let mut file: DistillFile =
         toml::from_str(&text).with_context(|| format!("invalid config {}", a.config.display()))?;
-    if let Some(out) = a.out {
-        file.out_dir = out;
-    }
-    if let Some(d) = a.device {
-        file.device = d;
-    }
-    if let Some(n) = a.max_steps {
-        file.train.max_steps = n;
-    }
-    file.train.quiet |= a.quiet;
+    a.apply(&mut file.out_dir, &mut file.device, &mut file.train)?;
     let device = file.device.resolve()?;
     let shards = ShardSet::open(&file.data.shards)
         .with_context(|| format!("opening shards {}", file.data.shards.display()))?;

@@ -18,7 +18,7 @@ use mome_moe::{
 use serde::Deserialize;
 use tch::nn;
 
-use crate::train_cmd::{model_config, EvalSection};
+use crate::train_cmd::{model_config, EvalSection, RunArgs};
 
 /// `mome moe …`
 #[derive(Debug, Subcommand)]
@@ -50,27 +50,11 @@ pub struct BuildArgs {
     out: PathBuf,
 }
 
-/// Arguments of `mome moe train`.
+/// Arguments of `mome moe train` (config: see configs/moe-demo.toml and docs/moe.md).
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// TOML config (see configs/moe-demo.toml and docs/moe.md).
-    #[arg(long)]
-    config: PathBuf,
-    /// Continue from the latest checkpoint in the run folder.
-    #[arg(long)]
-    resume: bool,
-    /// Override the config's `out_dir`.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Override the config's `device`.
-    #[arg(long)]
-    device: Option<DeviceSpec>,
-    /// Override `train.max_steps`.
-    #[arg(long)]
-    max_steps: Option<u64>,
-    /// No progress output.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 /// Arguments of `mome moe eval`.
@@ -235,18 +219,9 @@ fn load_file(path: &Path) -> Result<MoeTrainFile> {
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
+    let a = a.run;
     let mut file = load_file(&a.config)?;
-    if let Some(out) = a.out {
-        file.out_dir = out;
-    }
-    if let Some(d) = a.device {
-        file.device = d;
-    }
-    if let Some(n) = a.max_steps {
-        file.train.max_steps = n;
-        file.train.validate()?;
-    }
-    file.train.quiet |= a.quiet;
+    a.apply(&mut file.out_dir, &mut file.device, &mut file.train)?;
     let device = file.device.resolve()?;
     file.train.precision.validate(device)?;
     let arch: Arch = file.moe.arch.parse()?;

@@ -17,27 +17,59 @@ use tch::{nn, Tensor};
 
 use mome_experts::eval::{evaluate, open_shards_for};
 
+/// Command-line options of every command that trains from a TOML config
+/// (`mome train`, `mome distill`, `mome moe train`).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config (see configs/ and docs/config.md).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Continue from the latest checkpoint in the run folder.
+    #[arg(long)]
+    pub resume: bool,
+    /// Override the config's `out_dir`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override the config's `device`.
+    #[arg(long)]
+    pub device: Option<DeviceSpec>,
+    /// Override `train.max_steps`.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// No progress bar or log lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// Applies the overrides to a config's run folder, device and training settings,
+    /// validating the training settings again when they change.
+    pub fn apply(
+        &self,
+        out_dir: &mut PathBuf,
+        device: &mut DeviceSpec,
+        train: &mut TrainConfig,
+    ) -> Result<()> {
+        if let Some(out) = &self.out {
+            *out_dir = out.clone();
+        }
+        if let Some(d) = self.device {
+            *device = d;
+        }
+        if let Some(n) = self.max_steps {
+            train.max_steps = n;
+            train.validate()?;
+        }
+        train.quiet |= self.quiet;
+        Ok(())
+    }
+}
+
 /// Arguments of `mome train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// TOML config (see configs/*.toml and docs/config.md).
-    #[arg(long)]
-    config: PathBuf,
-    /// Continue from the latest checkpoint in the run folder.
-    #[arg(long)]
-    resume: bool,
-    /// Override the config's `out_dir`.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Override the config's `device`.
-    #[arg(long)]
-    device: Option<DeviceSpec>,
-    /// Override `train.max_steps`.
-    #[arg(long)]
-    max_steps: Option<u64>,
-    /// No progress bar or log lines.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 /// The whole `mome train` config file.
@@ -172,18 +204,9 @@ pub fn load_train_file(path: &Path) -> Result<TrainFile> {
 
 /// Runs `mome train`.
 pub fn run_train(a: TrainArgs) -> Result<()> {
+    let a = a.run;
     let mut file = load_train_file(&a.config)?;
-    if let Some(out) = a.out {
-        file.out_dir = out;
-    }
-    if let Some(d) = a.device {
-        file.device = d;
-    }
-    if let Some(n) = a.max_steps {
-        file.train.max_steps = n;
-        file.train.validate()?;
-    }
-    file.train.quiet |= a.quiet;
+    a.apply(&mut file.out_dir, &mut file.device, &mut file.train)?;
     let device = file.device.resolve()?;
     file.train.precision.validate(device)?;
 
