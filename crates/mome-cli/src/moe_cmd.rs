@@ -18,7 +18,7 @@ use mome_moe::{
 use serde::Deserialize;
 use tch::nn;
 
-use crate::train_cmd::{model_config, EvalSection, RunArgs};
+use crate::train_cmd::{model_config, read_toml, validate_sections, EvalSection, RunArgs};
 
 /// `mome moe …`
 #[derive(Debug, Subcommand)]
@@ -202,19 +202,8 @@ fn run_build(a: BuildArgs) -> Result<()> {
 }
 
 fn load_file(path: &Path) -> Result<MoeTrainFile> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: MoeTrainFile =
-        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
-    file.train
-        .validate()
-        .with_context(|| format!("invalid [train] in {}", path.display()))?;
-    if file.data.batch_size == 0 {
-        bail!("[data] batch_size must be > 0");
-    }
-    if file.eval.batch_size == 0 {
-        bail!("[eval] batch_size must be > 0");
-    }
+    let file: MoeTrainFile = read_toml(path)?;
+    validate_sections(path, &file.train, file.data.batch_size, &file.eval)?;
     Ok(file)
 }
 

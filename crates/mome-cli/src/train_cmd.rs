@@ -184,21 +184,36 @@ pub fn model_config(table: &toml::Table, shards_vocab: usize) -> Result<Gpt2Conf
     Ok(cfg)
 }
 
-/// Reads and validates a train config file (every check runs before any work).
-pub fn load_train_file(path: &Path) -> Result<TrainFile> {
+/// Reads a TOML config file; unknown keys are errors naming the key.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: TrainFile =
-        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
-    file.train
+    toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
+}
+
+/// Checks the sections shared by training configs before any work starts.
+pub fn validate_sections(
+    path: &Path,
+    train: &TrainConfig,
+    data_batch_size: usize,
+    eval: &EvalSection,
+) -> Result<()> {
+    train
         .validate()
         .with_context(|| format!("invalid [train] in {}", path.display()))?;
-    if file.data.batch_size == 0 {
+    if data_batch_size == 0 {
         bail!("[data] batch_size must be > 0");
     }
-    if file.eval.batch_size == 0 {
+    if eval.batch_size == 0 {
         bail!("[eval] batch_size must be > 0");
     }
+    Ok(())
+}
+
+/// Reads and validates a train config file (every check runs before any work).
+pub fn load_train_file(path: &Path) -> Result<TrainFile> {
+    let file: TrainFile = read_toml(path)?;
+    validate_sections(path, &file.train, file.data.batch_size, &file.eval)?;
     Ok(file)
 }
 

@@ -14,18 +14,8 @@ use crate::error::{Error, Result};
 use crate::model::MoeModel;
 use crate::routing::{ExpertChoice, ResolvedSetting, SequenceRouter};
 
-/// Figures of one domain under one setting.
-#[derive(Debug, Clone, Serialize)]
-pub struct DomainEval {
-    /// Mean next-token cross-entropy (nats per token).
-    pub loss: f64,
-    /// `exp(loss)`.
-    pub perplexity: f64,
-    /// Target tokens evaluated.
-    pub tokens: i64,
-    /// Sequences evaluated.
-    pub sequences: usize,
-}
+/// Figures of one domain under one setting (the same as a single model's).
+pub use mome_experts::eval::DomainEval;
 
 /// Figures of one setting.
 #[derive(Debug, Clone, Serialize)]
