@@ -26,20 +26,16 @@ DIR/expected.safetensors (`input_ids`, `attention_mask`) and prints the max
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
+
+from fixture_venv import inside, log, reexec_in_venv
 
 TRANSFORMERS_VERSION = "4.57.6"
 TORCH_VERSION = "2.11.0"
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_DIR = REPO / "crates" / "mome-experts" / "tests" / "fixtures" / "tiny-gpt2"
 VENV = Path(os.environ.get("MOME_FIXTURE_VENV", "/tmp/mome-fixture-venv"))
-MARKER = "MOME_FIXTURE_IN_VENV"
-
-
-def log(msg):
-    print(f"[make_gpt2_fixture] {msg}", file=sys.stderr, flush=True)
 
 
 def torch_cache_dir():
@@ -57,32 +53,18 @@ def torch_cache_dir():
 
 
 def bootstrap():
-    """Create the venv if needed and re-run this script inside it."""
-    py = VENV / "bin" / "python"
-    if not py.exists():
-        log(f"creating venv {VENV}")
-        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-    pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
-    stamp = VENV / f".mome-transformers-{TRANSFORMERS_VERSION}"
-    if not stamp.exists():
-        log(f"installing transformers=={TRANSFORMERS_VERSION} numpy safetensors into {VENV}")
-        subprocess.check_call(pip + [f"transformers=={TRANSFORMERS_VERSION}", "numpy", "safetensors"])
-        stamp.touch()
-    env = dict(os.environ)
-    env[MARKER] = "1"
+    """Re-run this script inside the venv, with the cached torch on PYTHONPATH."""
+    if inside(VENV):
+        return
     torch_dir = torch_cache_dir()
+    env, extra = {}, []
     if torch_dir is not None:
         log(f"using torch from {torch_dir}")
-        env["PYTHONPATH"] = str(torch_dir) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONPATH"] = str(torch_dir) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     else:
-        torch_stamp = VENV / f".mome-torch-{TORCH_VERSION}"
-        if not torch_stamp.exists():
-            log(f"no cached torch found; installing torch=={TORCH_VERSION} (CPU) into the venv")
-            subprocess.check_call(
-                pip + ["--index-url", "https://download.pytorch.org/whl/cpu", f"torch=={TORCH_VERSION}"]
-            )
-            torch_stamp.touch()
-    os.execve(str(py), [str(py), str(Path(__file__).resolve())] + sys.argv[1:], env)
+        log(f"no cached torch found; torch=={TORCH_VERSION} (CPU) goes into the venv")
+        extra.append(["--index-url", "https://download.pytorch.org/whl/cpu", f"torch=={TORCH_VERSION}"])
+    reexec_in_venv(VENV, [f"transformers=={TRANSFORMERS_VERSION}", "numpy", "safetensors"], extra_installs=extra, env=env)
 
 
 def tiny_config():
@@ -202,9 +184,7 @@ def check_load(d):
 
 
 def main():
-    if os.environ.get(MARKER) != "1":
-        bootstrap()
-        return
+    bootstrap()
     args = sys.argv[1:]
     if args and args[0] == "--check-load":
         if len(args) != 2:

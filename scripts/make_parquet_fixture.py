@@ -8,8 +8,8 @@ French and German versions of an article are about 30% longer than the English o
 Usage: python3 scripts/make_parquet_fixture.py   (creates a temp venv with pyarrow)
 """
 import os
-import subprocess
-import sys
+
+from fixture_venv import reexec_in_venv
 
 VENV = "/tmp/mome-pyarrow-venv"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,16 +17,7 @@ OUT = os.path.join(ROOT, "crates", "mome-data", "tests", "fixtures", "wiki40b_ti
 
 
 def ensure_venv():
-    try:
-        import pyarrow  # noqa: F401
-        return
-    except ImportError:
-        pass
-    py = os.path.join(VENV, "bin", "python")
-    if not os.path.exists(py):
-        subprocess.check_call([sys.executable, "-m", "venv", VENV])
-        subprocess.check_call([os.path.join(VENV, "bin", "pip"), "install", "-q", "pyarrow"])
-    os.execv(py, [py] + sys.argv)
+    reexec_in_venv(VENV, ["pyarrow"], unless_importable=["pyarrow"])
 
 
 def article(title, body):

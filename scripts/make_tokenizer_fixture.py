@@ -13,8 +13,8 @@ A temp venv with `tokenizers` is created in /tmp when the module is missing.
 import argparse
 import json
 import os
-import subprocess
-import sys
+
+from fixture_venv import reexec_in_venv
 
 VENV = "/tmp/mome-tokenizers-venv"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,16 +38,7 @@ TEXTS = [
 
 
 def ensure_tokenizers():
-    try:
-        import tokenizers  # noqa: F401
-        return
-    except ImportError:
-        pass
-    py = os.path.join(VENV, "bin", "python")
-    if not os.path.exists(py):
-        subprocess.check_call([sys.executable, "-m", "venv", VENV])
-        subprocess.check_call([os.path.join(VENV, "bin", "pip"), "install", "-q", "tokenizers"])
-    os.execv(py, [py] + sys.argv)
+    reexec_in_venv(VENV, ["tokenizers"], unless_importable=["tokenizers"])
 
 
 def check_trained(path):

@@ -202,6 +202,8 @@ pub fn run_teacher_cache(c: TeacherCacheCommand) -> Result<()> {
 pub enum ExperimentCommand {
     /// The paper's KD comparison: CE only, fixed, adaptive, alternating x losses.
     Kd(KdArgs),
+    /// Catastrophic forgetting: sequential vs balanced batches vs MoE (method §8).
+    Forgetting(crate::forgetting_cmd::ForgettingArgs),
 }
 
 /// Arguments of `mome experiment kd`.
@@ -269,7 +271,7 @@ pub struct KdSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KdFile {
-    /// Experiment folder: teacher/, runs/<name>/, report.md, plots.
+    /// Experiment folder: `teacher/`, `runs/<name>/`, `report.md`, plots.
     pub out_dir: PathBuf,
     /// auto | cpu | cuda | cuda:N
     #[serde(default)]
@@ -346,7 +348,10 @@ fn roughness(ce: &[(u64, f64, f64)]) -> Option<f64> {
 
 /// Runs `mome experiment kd`.
 pub fn run_experiment(c: ExperimentCommand) -> Result<()> {
-    let ExperimentCommand::Kd(a) = c;
+    let a = match c {
+        ExperimentCommand::Kd(a) => a,
+        ExperimentCommand::Forgetting(f) => return crate::forgetting_cmd::run_forgetting(f),
+    };
     let text = std::fs::read_to_string(&a.config)
         .with_context(|| format!("reading {}", a.config.display()))?;
     let mut file: KdFile =

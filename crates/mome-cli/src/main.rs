@@ -5,8 +5,10 @@
 mod bench_cmd;
 mod data_cmd;
 mod distill_cmd;
+mod forgetting_cmd;
 mod lm_cmd;
 mod moe_cmd;
+mod pipeline;
 mod router_cmd;
 mod train_cmd;
 
@@ -54,12 +56,15 @@ enum Command {
     /// Mixture of modular experts: build (PLE), train (JEET / MoE-CE), eval, export-expert.
     #[command(subcommand)]
     Moe(moe_cmd::MoeCommand),
+    /// Every stage of the method in order, resumable: balance → … → report.md.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Moe(c) => moe_cmd::run_moe(c),
+        Command::Pipeline(a) => pipeline::run_pipeline(a),
         Command::Data(c) => data_cmd::run_data(c),
         Command::Tokenizer(c) => data_cmd::run_tokenizer(c),
         Command::Train(a) => train_cmd::run_train(a),

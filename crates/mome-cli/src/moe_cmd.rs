@@ -11,9 +11,10 @@ use mome_core::DeviceSpec;
 use mome_data::sampler::{SamplerConfig, SamplerKind};
 use mome_data::shards::ShardSet;
 use mome_data::tokenizer::load_tokenizer;
+use mome_distill::{DistillSettings, TeacherSection};
 use mome_moe::{
-    build_ple, evaluate_settings, paper_grid, train_moe, Arch, CrossEntropy, EvalOptions,
-    MoeConfig, MoeModel, RunOptions, Setting,
+    build_ple, check_router_classes, evaluate_settings, paper_grid, train_moe, Arch, CrossEntropy,
+    DistillLoss, EvalOptions, MoeConfig, MoeModel, RunOptions, Setting,
 };
 use serde::Deserialize;
 use tch::nn;
@@ -45,6 +46,10 @@ pub struct BuildArgs {
     /// Optional common expert (a GPT2LMHeadModel folder of the same shape).
     #[arg(long)]
     common: Option<PathBuf>,
+    /// A router file (`mome router train`) saved into the folder as `router.json`; its
+    /// classes must be exactly the expert domains.
+    #[arg(long)]
+    router: Option<PathBuf>,
     /// Output MoE folder.
     #[arg(long)]
     out: PathBuf,
@@ -83,8 +88,12 @@ pub struct EvalArgs {
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Route each sequence with this router file instead of its domain label, and
+    /// report routing accuracy per domain (e.g. MODEL/router.json).
+    #[arg(long)]
+    router: Option<PathBuf>,
     /// Write `report.json` and `report.md` here (with --grid and no --out-dir:
-    /// MODEL/eval-grid-<name>/).
+    /// `MODEL/eval-grid-<name>/`).
     #[arg(long)]
     out_dir: Option<PathBuf>,
     /// auto | cpu | cuda | cuda:N
@@ -127,6 +136,14 @@ pub struct MoeTrainFile {
     /// Evaluation during training (routed setting).
     #[serde(default)]
     pub eval: EvalSection,
+    /// Optional teacher (`{ dir = "MODEL_DIR" }`, as `mome distill`'s): the experts
+    /// are then trained by knowledge distillation.
+    #[serde(default)]
+    pub teacher: TeacherSection,
+    /// KD loss, temperature and alpha strategy (as `mome distill`'s `[distill]`;
+    /// defaults: forward KL, T = 2, fixed alpha = 0.5). Needs a teacher.
+    #[serde(default)]
+    pub distill: Option<DistillSettings>,
     /// Optimiser, schedule, steps, precision (mome-core's `TrainConfig`).
     pub train: TrainConfig,
 }
@@ -186,8 +203,25 @@ fn run_build(a: BuildArgs) -> Result<()> {
             .with_context(|| format!("--expert {e:?}: expected DOMAIN=DIR"))?;
         experts.push((name.to_string(), PathBuf::from(dir)));
     }
+    // The router is checked against the expert names before any expert is loaded.
+    let router = match &a.router {
+        Some(p) => {
+            let r = mome_router::Router::load(p)
+                .with_context(|| format!("loading router {}", p.display()))?;
+            let probe = MoeConfig {
+                arch: Arch::Ple,
+                domains: experts.iter().map(|(n, _)| n.clone()).collect(),
+                expert: mome_experts::Gpt2Config::default(),
+                common_expert: a.common.is_some(),
+                low_confidence_to_common: true,
+            };
+            check_router_classes(r.classes(), &probe)?;
+            Some(r)
+        }
+        None => None,
+    };
     let (_vs, model) = build_ple(&experts, a.common.as_deref(), tch::Device::Cpu)?;
-    let out = model.save(&a.out)?;
+    let out = model.save_with_router(&a.out, router.as_ref())?;
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
@@ -195,6 +229,7 @@ fn run_build(a: BuildArgs) -> Result<()> {
             "arch": "ple",
             "experts": model.domains(),
             "common_expert": model.config().common_expert,
+            "router": router.as_ref().map(|r| r.classes().to_vec()),
             "total_parameters": model.total_parameters(),
         }))?
     );
@@ -279,6 +314,36 @@ fn run_train(a: TrainArgs) -> Result<()> {
         }
         Ok(v)
     };
+    let mut kd = match (&file.teacher.dir, &file.teacher.cache, &file.distill) {
+        (None, None, None) => None,
+        (None, None, Some(_)) => {
+            bail!("[distill] needs a teacher: teacher = {{ dir = \"MODEL_DIR\" }}")
+        }
+        _ => {
+            if let Some(t) = &file.teacher.dir {
+                let tcfg = mome_experts::Gpt2Config::from_file(t.join("config.json"))
+                    .with_context(|| format!("teacher {}", t.display()))?;
+                if (eval_shards.seq_len() as i64) > tcfg.n_positions {
+                    bail!(
+                        "the shards hold {}-token sequences but the teacher has {} positions",
+                        eval_shards.seq_len(),
+                        tcfg.n_positions
+                    );
+                }
+            }
+            Some(DistillLoss::new(
+                &file.teacher,
+                &file.distill.clone().unwrap_or_default(),
+                &cfg.expert,
+                device,
+            )?)
+        }
+    };
+    let mut ce = CrossEntropy;
+    let loss: &mut dyn mome_moe::MoeLoss = match kd.as_mut() {
+        Some(k) => k,
+        None => &mut ce,
+    };
     let summary = train_moe(
         &model,
         &vs,
@@ -288,7 +353,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
             run_dir: &file.out_dir,
             resume: a.resume,
         },
-        &mut CrossEntropy,
+        loss,
         if has_validation {
             Some(&mut eval_fn)
         } else {
@@ -308,6 +373,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
             "elapsed_s": summary.elapsed_s,
             "last_eval": summary.last_eval,
             "total_parameters": model.total_parameters(),
+            "distill": kd.as_ref().map(|k| k.settings()),
+            "distill_metrics": kd.as_ref().map(|_| file.out_dir.join(mome_distill::DISTILL_METRICS)),
         }))?
     );
     Ok(())
@@ -315,6 +382,22 @@ fn run_train(a: TrainArgs) -> Result<()> {
 
 fn run_eval(a: EvalArgs) -> Result<()> {
     let device = a.device.resolve()?;
+    // A router that does not fit the model is an error before the model is loaded.
+    let router = match &a.router {
+        Some(p) => Some(
+            mome_router::Router::load(p)
+                .with_context(|| format!("loading router {}", p.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(r) = &router {
+        let cfg_path = a.model.join(mome_moe::io::CONFIG_FILE);
+        let cfg: MoeConfig = serde_json::from_slice(
+            &std::fs::read(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?,
+        )
+        .with_context(|| format!("invalid {}", cfg_path.display()))?;
+        check_router_classes(r.classes(), &cfg)?;
+    }
     let (_vs, model) = MoeModel::load(&a.model, device)
         .with_context(|| format!("loading MoE {}", a.model.display()))?;
     let shards = ShardSet::open(&a.shards)
@@ -337,7 +420,18 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         batch_size: a.batch_size,
         skip_unavailable: grid,
     };
-    let report = evaluate_settings(&model, &shards, &settings, &opts, None)?;
+    if let (Some(r), Some(want)) = (&router, router.as_ref().and_then(|r| r.tokenizer_sha256())) {
+        shards
+            .check_tokenizer(want)
+            .with_context(|| format!("router classes {:?}", r.classes()))?;
+    }
+    let report = evaluate_settings(
+        &model,
+        &shards,
+        &settings,
+        &opts,
+        router.as_ref().map(|r| r as &dyn mome_moe::SequenceRouter),
+    )?;
     let md = report.to_markdown();
     let out_dir = a
         .out_dir

@@ -1,6 +1,8 @@
 //! `mome-core`: the libtorch-backed core of mome.
 //!
-//! The only crate of the workspace that depends on `tch` directly. It provides
+//! The crate where libtorch (`tch`) enters the workspace: mome-data, mome-router and
+//! mome-plot stay free of it, and every crate above this one (mome-experts,
+//! mome-distill, mome-moe, the CLI) links it (see `docs/architecture.md`). It provides
 //! devices ([`DeviceSpec`]), the mixed-precision design ([`Precision`]), safetensors
 //! I/O ([`tensor_io`]), AdamW ([`optim`]), learning-rate schedules and gradient
 //! clipping ([`schedule`]), checkpoints ([`checkpoint`]), JSONL metrics ([`metrics`]),

@@ -1,7 +1,8 @@
 //! Token balancing across domains (method.md §1), with the fixes the method asks for.
 //!
-//! Every domain's train records are streamed once to count tokens (`encode(text,
-//! false)`, in parallel chunks of [`BalanceConfig::chunk_size`] records); only
+//! Every domain's train records are streamed once to count tokens (exactly `encode(text,
+//! false).len()` by [`crate::count::TokenCounter`], in parallel chunks of
+//! [`BalanceConfig::chunk_size`] records); only
 //! `(id, token count)` per record stays in memory. Selection then works on those
 //! counts, and a second stream writes the kept records. Nothing larger than one
 //! chunk of texts is held, so corpora larger than memory work.
@@ -58,10 +59,10 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tokenizers::models::ModelWrapper;
-use tokenizers::{Model, NormalizedString, Normalizer, Tokenizer};
+use tokenizers::Tokenizer;
 
 use crate::corpus::{self, CorpusSpec, Record, Split};
+use crate::count::TokenCounter;
 use crate::fsutil::{self, AtomicDir};
 use crate::{Error, Result};
 
@@ -513,85 +514,6 @@ fn for_each_chunk(
     Ok(reader.skipped_invalid_utf8())
 }
 
-/// Exact token counter of [`balance`]: the number of ids `tok.encode(text, false)`
-/// gives, computed faster where that is provably the same.
-///
-/// Fast path: the tokenizer has no pre-tokenizer (the Llama/Mistral kind: the whole
-/// normalised text is one BPE "word"), a BPE model without dropout, no truncation
-/// or padding, and no vocabulary token containing `'\n'` anywhere but at its end.
-/// Then no BPE merge can join a `'\n'` to the character after it, so BPE on the
-/// whole normalised text equals BPE on its pieces cut after each `'\n'` (merges are
-/// local; the pieces never interact), and the count is the sum over the pieces —
-/// shorter words for the merge loop, and repeated lines hit the model's cache.
-/// Texts containing an added token's content (`<s>` …) take the full `encode`.
-/// Any other tokenizer always takes the full `encode` (`encode_fast`: no offsets).
-pub(crate) struct TokenCounter<'a> {
-    tok: &'a Tokenizer,
-    fast: bool,
-    added: Vec<String>,
-}
-
-impl<'a> TokenCounter<'a> {
-    pub(crate) fn new(tok: &'a Tokenizer) -> Self {
-        let bpe_ok = matches!(tok.get_model(), ModelWrapper::BPE(b) if b.dropout.is_none());
-        let vocab_ok = || {
-            tok.get_vocab(false)
-                .keys()
-                .all(|w| !w.strip_suffix('\n').unwrap_or(w).contains('\n'))
-        };
-        let fast = tok.get_pre_tokenizer().is_none()
-            && tok.get_truncation().is_none()
-            && tok.get_padding().is_none()
-            && bpe_ok
-            && vocab_ok();
-        let added = tok
-            .get_added_tokens_decoder()
-            .into_values()
-            .map(|a| a.content)
-            .filter(|c| !c.is_empty())
-            .collect();
-        Self { tok, fast, added }
-    }
-
-    fn err(t: &str, e: tokenizers::Error) -> Error {
-        Error::Tokenize {
-            context: format!("text starting {:?}", t.chars().take(40).collect::<String>()),
-            source: e,
-        }
-    }
-
-    fn full(&self, t: &str) -> Result<u64> {
-        self.tok
-            .encode_fast(t, false)
-            .map(|e| e.len() as u64)
-            .map_err(|e| Self::err(t, e))
-    }
-
-    pub(crate) fn count(&self, t: &str) -> Result<u64> {
-        if !self.fast || self.added.iter().any(|a| t.contains(a.as_str())) {
-            return self.full(t);
-        }
-        let mut ns = NormalizedString::from(t);
-        if let Some(n) = self.tok.get_normalizer() {
-            n.normalize(&mut ns).map_err(|e| Self::err(t, e))?;
-        }
-        let norm = ns.get();
-        if self.added.iter().any(|a| norm.contains(a.as_str())) {
-            return self.full(t);
-        }
-        let model = self.tok.get_model();
-        let mut n = 0u64;
-        for piece in norm.split_inclusive('\n') {
-            n += model.tokenize(piece).map_err(|e| Self::err(t, e))?.len() as u64;
-        }
-        Ok(n)
-    }
-}
-
-fn count_tokens(counter: &TokenCounter<'_>, texts: &[&str]) -> Result<Vec<u64>> {
-    texts.par_iter().map(|t| counter.count(t)).collect()
-}
-
 struct Scan {
     tokens: Vec<u64>,
     ids: Vec<String>,
@@ -617,7 +539,7 @@ fn splits(cfg: &BalanceConfig, d: &DomainSpec) -> (Which, Option<(CorpusSpec, Wh
 fn scan_domain(
     cfg: &BalanceConfig,
     d: &DomainSpec,
-    tok: &Tokenizer,
+    counter: &TokenCounter<'_>,
     keep_ids: bool,
 ) -> Result<Scan> {
     let (train_which, valid) = splits(cfg, d);
@@ -628,10 +550,9 @@ fn scan_domain(
         valid_records: 0,
         skipped: 0,
     };
-    let counter = TokenCounter::new(tok);
     s.skipped += for_each_chunk(&d.train, train_which, cfg.chunk_size, |chunk| {
         let texts: Vec<&str> = chunk.iter().map(|r| r.text.as_str()).collect();
-        s.tokens.extend(count_tokens(&counter, &texts)?);
+        s.tokens.extend(counter.count_many(&texts)?);
         if keep_ids {
             s.ids.extend(chunk.into_iter().map(|r| r.id));
         }
@@ -936,10 +857,12 @@ pub fn balance(cfg: &BalanceConfig, tokenizer: &Tokenizer, out: &Path) -> Result
     let p = cfg.max_diff_percent;
 
     // Pass 1: count.
+    let counter = TokenCounter::new(tokenizer);
     let mut scans = Vec::with_capacity(cfg.domains.len());
     for (i, d) in cfg.domains.iter().enumerate() {
-        scans.push(scan_domain(cfg, d, tokenizer, aligned.contains(&i))?);
+        scans.push(scan_domain(cfg, d, &counter, aligned.contains(&i))?);
     }
+    drop(counter);
     let count_seconds = start.elapsed().as_secs_f64();
     let counted: u64 = scans.iter().map(|s| s.tokens.iter().sum::<u64>()).sum();
 
@@ -1311,54 +1234,4 @@ pub fn read_output(path: &Path) -> Result<Vec<Record>> {
         })?);
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The fast counter gives exactly `encode(text, false).len()` on every demo
-    /// record (prose and Python, newlines of every kind), plus edge cases.
-    #[test]
-    fn fast_counter_equals_full_encode() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let tok =
-            Tokenizer::from_file(root.join("data/tokenizer/En_De_Fr_Py_Tokenizer/tokenizer.json"))
-                .expect("project tokenizer");
-        let counter = TokenCounter::new(&tok);
-        assert!(
-            counter.fast,
-            "the project tokenizer qualifies for the fast path"
-        );
-        let mut texts: Vec<String> = [
-            "",
-            "\n",
-            "\n\n\n",
-            "a\n",
-            "\na",
-            "  x = 1\n\n    y\r\n",
-            "</s> in text\n<s>",
-            "Ünïcödé\n\u{1F600}\n\t\n",
-            " leading space\n trailing \n",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        for d in ["en", "fr", "de", "py"] {
-            let recs = corpus::read_all(&CorpusSpec::from_path(
-                root.join(format!("data/demo/{d}.jsonl")),
-            ))
-            .expect("demo corpus");
-            texts.extend(recs.into_iter().map(|r| r.text));
-        }
-        for t in &texts {
-            let want = tok.encode(t.as_str(), false).unwrap().len() as u64;
-            assert_eq!(
-                counter.count(t).unwrap(),
-                want,
-                "{:?}",
-                &t[..t.len().min(60)]
-            );
-        }
-    }
 }

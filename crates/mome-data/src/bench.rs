@@ -2,7 +2,8 @@
 //!
 //! [`run_bench`] balances one corpus twice in the same run:
 //! - **ours**: [`balance::balance`] with [`Strategy::Reference`] into a temp folder,
-//!   counting with the given `tokenizer.json` (parallel, rayon);
+//!   counting with the given `tokenizer.json` through [`crate::count::TokenCounter`]
+//!   (exactly `encode(text, false).len()`, parallel, rayon);
 //! - **reference**: `scripts/reference_balance.py` (embedded in this crate) run by
 //!   the Python of a cached virtual environment, counting with tiktoken's GPT-2
 //!   encoding one article at a time, as the research tool does.
@@ -482,7 +483,8 @@ pub fn run_bench(cfg: &BenchConfig, tokenizer: &Tokenizer) -> BenchResult<BenchR
     let ours_tokens: u64 = rep.domains.values().map(|d| d.tokens_before).sum();
     let ours = SideStats {
         counter: format!(
-            "mome-data balance (strategy reference), tokenizers crate with {}",
+            "mome-data balance (strategy reference), exact counter (count::TokenCounter = \
+             tokenizers encode(text, false).len()) with {}",
             cfg.tokenizer_path.display()
         ),
         records: rep.domains.values().map(|d| d.records_before).sum(),

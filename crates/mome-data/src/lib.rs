@@ -16,7 +16,7 @@
 //!    [`shards::ShardSet`];
 //! 5. [`sampler::BatchSampler`] draws seeded, resumable batches of sequence
 //!    indices (`balanced`, `mixed`, `blocks`, `sequential`);
-//! 6. [`bench`] times the balancing against the method's Python tool.
+//! 6. [`bench`](mod@bench) times the balancing against the method's Python tool.
 //!
 //! ## Example: shards and a sampler
 //! ```
@@ -72,6 +72,7 @@
 pub mod balance;
 pub mod bench;
 pub mod corpus;
+pub mod count;
 pub mod encode;
 pub mod error;
 pub mod fsutil;

@@ -485,30 +485,17 @@ impl DomainReader<'_> {
 
     /// Reads sequence `index` into `out` (`out.len() == seq_len`).
     pub fn read_into_i64(&self, index: usize, out: &mut [i64]) -> Result<()> {
-        if out.len() != self.seq_len {
-            return Err(Error::SequenceLength {
-                expected: self.seq_len,
-                found: out.len(),
-            });
-        }
-        let bytes = self.bytes(index)?;
-        match self.dtype {
-            TokenDtype::U16 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = i64::from(u16::from_le_bytes([c[0], c[1]]));
-                }
-            }
-            TokenDtype::U32 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *o = i64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-                }
-            }
-        }
-        Ok(())
+        self.read_into(index, out)
     }
 
     /// Reads sequence `index` into `out` (`out.len() == seq_len`).
     pub fn read_into_u32(&self, index: usize, out: &mut [u32]) -> Result<()> {
+        self.read_into(index, out)
+    }
+
+    /// Decodes sequence `index` (little-endian u16 or u32 ids) into any integer type
+    /// that holds both widths losslessly.
+    fn read_into<T: From<u16> + From<u32>>(&self, index: usize, out: &mut [T]) -> Result<()> {
         if out.len() != self.seq_len {
             return Err(Error::SequenceLength {
                 expected: self.seq_len,
@@ -519,12 +506,12 @@ impl DomainReader<'_> {
         match self.dtype {
             TokenDtype::U16 => {
                 for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = u32::from(u16::from_le_bytes([c[0], c[1]]));
+                    *o = T::from(u16::from_le_bytes([c[0], c[1]]));
                 }
             }
             TokenDtype::U32 => {
                 for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *o = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    *o = T::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
                 }
             }
         }

@@ -10,6 +10,10 @@
 //! - [`cache`]: the offline top-K teacher cache ([`build_cache`], [`TeacherCache`]);
 //! - [`teacher`]: loading a frozen teacher.
 //!
+//! A complete program (token shards, a teacher trained with mome-core's `Trainer`,
+//! a student distilled by [`run_distill`]) is `examples/distill-student` in the
+//! repository.
+//!
 //! ```
 //! use mome_distill::losses::{kd_loss, KdLoss, Teacher};
 //! use tch::{Kind, Tensor};

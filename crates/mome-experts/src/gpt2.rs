@@ -703,6 +703,12 @@ pub struct Gpt2Input<'a> {
     pub output_hidden_states: bool,
     /// Training mode: dropout on.
     pub train: bool,
+    /// Skip the `[0, vocab)` range check of `input_ids` (the ids are known valid,
+    /// e.g. read from shards that were checked against the vocabulary). The check
+    /// reads a min/max back to the host, which on CUDA is a device synchronisation
+    /// per forward pass; an out-of-range id then fails inside the embedding kernel
+    /// instead of as [`Error::TokenOutOfRange`].
+    pub trusted_ids: bool,
 }
 
 impl<'a> Gpt2Input<'a> {
@@ -749,6 +755,12 @@ impl<'a> Gpt2Input<'a> {
     /// Sets training mode (dropout).
     pub fn train(mut self, yes: bool) -> Self {
         self.train = yes;
+        self
+    }
+
+    /// Skips the id range check (no host synchronisation; see [`Gpt2Input::trusted_ids`]).
+    pub fn trusted_ids(mut self, yes: bool) -> Self {
+        self.trusted_ids = yes;
         self
     }
 }
@@ -859,6 +871,18 @@ impl Gpt2Model {
         past: i64,
         train: bool,
     ) -> Result<Tensor> {
+        self.embed_checked(input_ids, inputs_embeds, position_ids, past, train, true)
+    }
+
+    fn embed_checked(
+        &self,
+        input_ids: Option<&Tensor>,
+        inputs_embeds: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        past: i64,
+        train: bool,
+        check_ids: bool,
+    ) -> Result<Tensor> {
         let device = self.wte.device();
         let tok = match (input_ids, inputs_embeds) {
             (Some(ids), None) => {
@@ -869,7 +893,9 @@ impl Gpt2Model {
                         ids.size()
                     )));
                 }
-                check_id_range(ids, self.vocab_size, "token")?;
+                if check_ids {
+                    check_id_range(ids, self.vocab_size, "token")?;
+                }
                 Tensor::f_embedding(&self.wte, &ids.to_device(device), -1, false, false)?
             }
             (None, Some(e)) => {
@@ -926,9 +952,17 @@ impl Gpt2Model {
             cache,
             output_hidden_states,
             train,
+            trusted_ids,
         } = input;
         let past = cache.as_deref().map_or(0, KvCache::seq_len);
-        let h = self.embed(input_ids, inputs_embeds, position_ids, past, train)?;
+        let h = self.embed_checked(
+            input_ids,
+            inputs_embeds,
+            position_ids,
+            past,
+            train,
+            !trusted_ids,
+        )?;
         let out = self
             .stack
             .forward(&h, attention_mask, cache, output_hidden_states, train)?;
@@ -1051,15 +1085,41 @@ impl Gpt2LmHeadModel {
         Ok(())
     }
 
+    /// The LM head: `hidden @ lm_head^T` with both cast to the compute kind; the
+    /// logits have the compute kind (bf16 under bf16 compute), not yet fp32.
+    pub fn lm_head_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let k = self.compute_kind;
+        let w = self.lm_head_weight();
+        let w = if w.kind() == k {
+            w.shallow_clone()
+        } else {
+            w.f_to_kind(k)?
+        };
+        let h = if hidden.kind() == k {
+            hidden.shallow_clone()
+        } else {
+            hidden.f_to_kind(k)?
+        };
+        Ok(h.f_linear::<Tensor>(&w, None)?)
+    }
+
     /// Forward pass; logits for every position, fp32.
     pub fn forward(&self, input: Gpt2Input<'_>) -> Result<Gpt2Output> {
+        let mut out = self.forward_compute_logits(input)?;
+        if out.logits.kind() != Kind::Float {
+            out.logits = out.logits.f_to_kind(Kind::Float)?;
+        }
+        Ok(out)
+    }
+
+    /// Forward pass with the logits left in the compute kind (bf16 under bf16
+    /// compute): no full-vocabulary fp32 copy is made here. The losses
+    /// ([`causal_lm_loss`], mome-distill's KD losses) upcast inside their
+    /// log-softmax, so the fp32 `[B, T, V]` tensor exists once instead of two or
+    /// three times. Same values as [`Self::forward`] up to that cast.
+    pub fn forward_compute_logits(&self, input: Gpt2Input<'_>) -> Result<Gpt2Output> {
         let out = self.transformer.forward(input)?;
-        let k = self.compute_kind;
-        let logits = out
-            .last_hidden_state
-            .to_kind(k)
-            .f_linear::<Tensor>(&self.lm_head_weight().to_kind(k), None)?
-            .to_kind(Kind::Float);
+        let logits = self.lm_head_logits(&out.last_hidden_state)?;
         Ok(Gpt2Output {
             logits,
             last_hidden_state: out.last_hidden_state,
@@ -1269,16 +1329,106 @@ pub fn causal_lm_loss_sum(
     Ok((sum, count))
 }
 
+/// Targets aligned with *every* position: `[B * T]` with `ids[:, t+1]` at position
+/// `t` and -100 (ignored) at the last position and where the mask drops a pair, and
+/// the logits as a `[B * T, V]` view (no copy of the full-vocabulary tensor).
+fn aligned_targets(
+    logits: &Tensor,
+    input_ids: &Tensor,
+    attention_mask: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let ls = logits.size();
+    let is = input_ids.size();
+    if ls.len() != 3 || is.len() != 2 || ls[0] != is[0] || ls[1] != is[1] {
+        return Err(Error::Input(format!(
+            "logits [B, T, V] and input_ids [B, T] disagree: {ls:?} vs {is:?}"
+        )));
+    }
+    check_int_kind(input_ids, "input_ids")?;
+    let (b, t, v) = (ls[0], ls[1], ls[2]);
+    if t < 2 {
+        return Err(Error::Input(format!(
+            "need at least 2 positions for a next-token loss, got {t}"
+        )));
+    }
+    let device = logits.device();
+    let ids = input_ids.to_device(device).to_kind(Kind::Int64);
+    let ignore = Tensor::full([b, 1], -100i64, (Kind::Int64, device));
+    let mut targets = Tensor::cat(&[ids.narrow(1, 1, t - 1), ignore], 1);
+    if let Some(m) = attention_mask {
+        if m.size() != is {
+            return Err(Error::Input(format!(
+                "attention_mask must have the shape of input_ids {is:?}, got {:?}",
+                m.size()
+            )));
+        }
+        let m = m.to_device(device).ne(0);
+        let pair = m.narrow(1, 0, t - 1).logical_and(&m.narrow(1, 1, t - 1));
+        let keep = Tensor::cat(&[pair, Tensor::zeros([b, 1], (Kind::Bool, device))], 1);
+        targets = targets.where_self(&keep, &Tensor::from(-100i64).to_device(device));
+    }
+    Ok((logits.reshape([-1, v]), targets.reshape([-1])))
+}
+
 /// Mean shifted next-token cross-entropy over counted targets (see
 /// [`causal_lm_loss_sum`]), fp32, differentiable. No host synchronisation: with no
 /// counted target at all the result is 0.
+///
+/// `logits` may be fp32 or the compute kind (bf16): the upcast happens inside one
+/// `log_softmax(.., Float)` over all positions (the last one is ignored through its
+/// target), so no shifted copy and no separate fp32 copy of the logits is made.
 pub fn causal_lm_loss(
     logits: &Tensor,
     input_ids: &Tensor,
     attention_mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let (logits, targets) = shifted_targets(logits, input_ids, attention_mask)?;
+    let (logits, targets) = aligned_targets(logits, input_ids, attention_mask)?;
     let count = targets.ne(-100).sum(Kind::Float).clamp_min(1.0);
-    let sum = logits.f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, -100, 0.0)?;
+    let sum = logits
+        .f_log_softmax(-1, Kind::Float)?
+        .f_nll_loss::<Tensor>(&targets, None, Reduction::Sum, -100)?;
     Ok(sum / count)
+}
+
+#[cfg(test)]
+mod loss_tests {
+    use super::*;
+
+    /// The original formulation: shifted copy + cross_entropy.
+    fn reference(logits: &Tensor, ids: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let (l, t) = shifted_targets(logits, ids, mask).unwrap();
+        let count = t.ne(-100).sum(Kind::Float).clamp_min(1.0);
+        l.cross_entropy_loss::<Tensor>(&t, None, Reduction::Sum, -100, 0.0) / count
+    }
+
+    #[test]
+    fn aligned_loss_equals_shifted_cross_entropy_value_and_grad() {
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        let ids = Tensor::randint(50, [3, 7], (Kind::Int64, Device::Cpu));
+        let mask = Tensor::ones([3, 7], (Kind::Int64, Device::Cpu));
+        let _ = mask.narrow(1, 5, 2).narrow(0, 1, 1).fill_(0);
+        for m in [None, Some(&mask)] {
+            let z = (Tensor::randn([3, 7, 50], opts) * 3.0).set_requires_grad(true);
+            let a = causal_lm_loss(&z, &ids, m).unwrap();
+            let ga = Tensor::run_backward(&[&a], &[&z], false, false).remove(0);
+            let b = reference(&z, &ids, m);
+            let gb = Tensor::run_backward(&[&b], &[&z], false, false).remove(0);
+            let (va, vb) = (a.double_value(&[]), b.double_value(&[]));
+            assert!((va - vb).abs() < 1e-5 * vb.abs().max(1.0), "{va} vs {vb}");
+            let gd = (&ga - &gb).abs().max().double_value(&[]);
+            assert!(gd < 1e-6, "grad diff {gd}");
+        }
+    }
+
+    #[test]
+    fn bf16_logits_upcast_inside_the_loss() {
+        tch::manual_seed(4);
+        let ids = Tensor::randint(40, [2, 5], (Kind::Int64, Device::Cpu));
+        let z = Tensor::randn([2, 5, 40], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let a = causal_lm_loss(&z, &ids, None).unwrap();
+        assert_eq!(a.kind(), Kind::Float);
+        let b = reference(&z.to_kind(Kind::Float), &ids, None);
+        assert!((a.double_value(&[]) - b.double_value(&[])).abs() < 1e-5);
+    }
 }

@@ -3,7 +3,7 @@
 //! - [`gpt2`]: configuration (HF `config.json`), [`Gpt2Block`], [`Gpt2Stack`] (an MoE
 //!   expert: blocks + `ln_f` fed hidden states), [`Gpt2Model`], [`Gpt2LmHeadModel`],
 //!   the causal LM loss, HF-compatible `save_pretrained` / `from_pretrained`.
-//! - [`generate`]: batched generation with a [`KvCache`].
+//! - [`generate`](mod@generate): batched generation with a [`KvCache`].
 //!
 //! See `docs/experts.md`.
 //!

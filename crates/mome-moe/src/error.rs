@@ -14,6 +14,15 @@ pub enum Error {
     /// An error from mome-data (shards, samplers, atomic folders).
     #[error(transparent)]
     Data(#[from] mome_data::Error),
+    /// An error from the router (loading or using a router file).
+    #[error(transparent)]
+    Router(#[from] mome_router::RouterError),
+    /// An error from mome-distill (teacher, KD loss, weighting strategy).
+    #[error(transparent)]
+    Distill(#[from] mome_distill::Error),
+    /// An error while drawing a chart.
+    #[error(transparent)]
+    Plot(#[from] mome_plot::PlotError),
     /// An error raised by libtorch.
     #[error("libtorch: {0}")]
     Tch(#[from] tch::TchError),

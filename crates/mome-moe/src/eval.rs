@@ -42,6 +42,34 @@ pub struct SettingEval {
     pub seconds: f64,
 }
 
+/// Routing of one domain's sequences against the domain label.
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainRouting {
+    /// Sequences routed.
+    pub sequences: usize,
+    /// Sequences routed to the expert of their own domain.
+    pub correct: usize,
+    /// `correct / sequences`.
+    pub accuracy: f64,
+    /// Sequences whose routing was confident.
+    pub confident: usize,
+    /// Routed expert -> sequences.
+    pub predicted: BTreeMap<String, usize>,
+}
+
+/// Routing accuracy of a router against the shards' domain labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutingEval {
+    /// The router's classes.
+    pub classes: Vec<String>,
+    /// Correct / routed over all domains.
+    pub accuracy: f64,
+    /// Sequences routed over all domains.
+    pub sequences: usize,
+    /// Per domain of the split.
+    pub domains: BTreeMap<String, DomainRouting>,
+}
+
 /// What `mome moe eval` writes.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
@@ -55,6 +83,8 @@ pub struct EvalReport {
     pub max_sequences: usize,
     /// One entry per setting, in order.
     pub settings: Vec<SettingEval>,
+    /// Routing accuracy per domain (only with a router).
+    pub routing: Option<RoutingEval>,
 }
 
 /// How [`evaluate_settings`] reads the shards.
@@ -126,9 +156,10 @@ pub fn evaluate_settings(
             cfg.domains
         )));
     }
-    if let Some(r) = router {
-        crate::routing::ClassMap::new(r.classes(), cfg)?;
-    }
+    let class_map = match router {
+        Some(r) => Some(crate::routing::ClassMap::new(r.classes(), cfg)?),
+        None => None,
+    };
     let mut resolved = Vec::new();
     for s in settings {
         match ResolvedSetting::new(s, cfg) {
@@ -143,6 +174,52 @@ pub fn evaluate_settings(
     let device = model.device();
     let n = cfg.domains.len();
     let _guard = tch::no_grad_guard();
+    // Route every evaluated sequence once; every setting reuses the choices.
+    let mut routed: BTreeMap<String, Vec<ExpertChoice>> = BTreeMap::new();
+    let mut routing_eval = None;
+    if let (Some(r), Some(map)) = (router, &class_map) {
+        let mut per = BTreeMap::new();
+        let (mut all_ok, mut all_n) = (0usize, 0usize);
+        for domain in &domains {
+            let label = cfg.domain_index(domain).expect("checked");
+            let reader = shards.reader(split, domain)?;
+            let count = match max_sequences {
+                0 => reader.len(),
+                m => m.min(reader.len()),
+            };
+            let mut buf = vec![0i64; seq_len];
+            let mut choices = Vec::with_capacity(count);
+            let mut d = DomainRouting {
+                sequences: count,
+                correct: 0,
+                accuracy: 0.0,
+                confident: 0,
+                predicted: BTreeMap::new(),
+            };
+            for i in 0..count {
+                reader.read_into_i64(i, &mut buf)?;
+                let ids: Vec<u32> = buf.iter().map(|&x| x as u32).collect();
+                let c = map.choice(&r.route(&ids)?)?;
+                d.correct += usize::from(c.expert == label);
+                d.confident += usize::from(c.confident);
+                *d.predicted
+                    .entry(cfg.domains[c.expert].clone())
+                    .or_default() += 1;
+                choices.push(c);
+            }
+            d.accuracy = d.correct as f64 / count.max(1) as f64;
+            all_ok += d.correct;
+            all_n += count;
+            per.insert(domain.clone(), d);
+            routed.insert(domain.clone(), choices);
+        }
+        routing_eval = Some(RoutingEval {
+            classes: r.classes().to_vec(),
+            accuracy: all_ok as f64 / all_n.max(1) as f64,
+            sequences: all_n,
+            domains: per,
+        });
+    }
     let mut out = Vec::new();
     for (index, (s, r)) in settings.iter().zip(resolved).enumerate() {
         let setting = match r {
@@ -168,7 +245,6 @@ pub fn evaluate_settings(
         let (mut all_sum, mut all_tokens) = (0f64, 0i64);
         let mut active_parameters = 0i64;
         let mut usage: BTreeMap<String, usize> = BTreeMap::new();
-        let (mut routed_ok, mut routed_n) = (0usize, 0usize);
         for domain in &domains {
             let label = cfg.domain_index(domain).expect("checked");
             let reader = shards.reader(split, domain)?;
@@ -188,13 +264,8 @@ pub fn evaluate_settings(
                 let ids = Tensor::from_slice(&buf[..b * seq_len])
                     .view([b as i64, seq_len as i64])
                     .to_device(device);
-                let choices = match router {
-                    Some(r) => {
-                        let c = model.route_batch(r, &ids)?;
-                        routed_n += c.len();
-                        routed_ok += c.iter().filter(|x| x.expert == label).count();
-                        c
-                    }
+                let choices = match routed.get(domain) {
+                    Some(c) => c[start..start + b].to_vec(),
                     None => vec![ExpertChoice::label(label, n); b],
                 };
                 let o = model.forward_resolved(&ids, &choices, &setting, false)?;
@@ -232,7 +303,7 @@ pub fn evaluate_settings(
             mean_loss: all_sum / all_tokens.max(1) as f64,
             active_parameters,
             expert_sequences: usage,
-            routing_accuracy: router.map(|_| routed_ok as f64 / routed_n.max(1) as f64),
+            routing_accuracy: routing_eval.as_ref().map(|r| r.accuracy),
             tokens_per_second: all_tokens as f64 / seconds.max(1e-9),
             seconds,
         });
@@ -243,6 +314,7 @@ pub fn evaluate_settings(
         total_parameters: model.total_parameters(),
         max_sequences,
         settings: out,
+        routing: routing_eval,
     })
 }
 
@@ -312,6 +384,35 @@ impl EvalReport {
                 );
             }
             let _ = writeln!(md, "{row}");
+        }
+        if let Some(r) = &self.routing {
+            let _ = writeln!(
+                md,
+                "\nRouting accuracy against the domain labels: {:.2}% of {} sequences (router classes {}).\n",
+                100.0 * r.accuracy,
+                r.sequences,
+                r.classes.join(", ")
+            );
+            let _ = writeln!(
+                md,
+                "| domain | sequences | accuracy | confident | routed to |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|---|");
+            for (d, x) in &r.domains {
+                let to: Vec<String> = x
+                    .predicted
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect();
+                let _ = writeln!(
+                    md,
+                    "| {d} | {} | {:.2}% | {} | {} |",
+                    x.sequences,
+                    100.0 * x.accuracy,
+                    x.confident,
+                    to.join(", ")
+                );
+            }
         }
         md
     }

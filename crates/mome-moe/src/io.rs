@@ -26,6 +26,18 @@ use crate::model::MoeModel;
 pub const CONFIG_FILE: &str = "moe_config.json";
 /// `shared.safetensors`.
 pub const SHARED_FILE: &str = "shared.safetensors";
+/// `router.json`: the optional router of the model (a mome-router file).
+pub const ROUTER_FILE: &str = "router.json";
+
+/// The router saved in a MoE folder (`router.json`), if there is one. Its classes
+/// are checked against the model's domains by [`crate::routing::check_router_classes`].
+pub fn load_router(dir: &Path) -> Result<Option<mome_router::Router>> {
+    let path = dir.join(ROUTER_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(mome_router::Router::load(&path)?))
+}
 
 fn write_json(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, format!("{text}\n")).map_err(|e| Error::io(path, e))
@@ -89,8 +101,25 @@ impl MoeModel {
 
     /// Saves the whole model as a folder (see the module docs), atomically.
     pub fn save(&self, out: &Path) -> Result<PathBuf> {
+        self.save_with_router(out, None)
+    }
+
+    /// Saves the model and, when given, its router as `router.json` (whose classes
+    /// must be exactly the model's domains), in one atomic folder.
+    pub fn save_with_router(
+        &self,
+        out: &Path,
+        router: Option<&mome_router::Router>,
+    ) -> Result<PathBuf> {
+        if let Some(r) = router {
+            crate::routing::check_router_classes(r.classes(), self.config())?;
+        }
         let tmp = AtomicDir::new(out)?;
         let root = tmp.path();
+        if let Some(r) = router {
+            let path = root.join(ROUTER_FILE);
+            std::fs::write(&path, r.to_json()?).map_err(|e| Error::io(&path, e))?;
+        }
         write_json(
             &root.join(CONFIG_FILE),
             &serde_json::to_string_pretty(self.config())?,

@@ -11,22 +11,35 @@
 //! - [`io`]: save / load (validated) / export an expert as a Hugging Face GPT-2
 //!   folder / PLE assembly.
 //! - [`train`]: JEET and MoE-CE training on mome-core's trainer, routed expert only.
+//! - [`kd`]: [`DistillLoss`], training the experts by distillation from a teacher.
 //! - [`eval`]: per-setting, per-domain evaluation and the Markdown grid table.
+//! - [`generate`](mod@generate): routed generation with one KV cache per active expert.
+//! - [`forgetting`]: the catastrophic forgetting study of method §8 (sequential vs
+//!   balanced vs MoE training).
 //!
 //! See `docs/moe.md`.
 
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod forgetting;
+pub mod generate;
 pub mod io;
+pub mod kd;
 pub mod model;
 pub mod routing;
 pub mod train;
 
 pub use config::{paper_grid, Arch, ExpertId, MoeConfig, Setting, UsedExperts, COMMON, PAPER_GRID};
 pub use error::{Error, Result};
-pub use eval::{evaluate_settings, EvalOptions, EvalReport, SettingEval};
-pub use io::build_ple;
+pub use eval::{
+    evaluate_settings, DomainRouting, EvalOptions, EvalReport, RoutingEval, SettingEval,
+};
+pub use generate::{generate, generate_routed, route_prompts, MoeGeneration};
+pub use io::{build_ple, load_router, ROUTER_FILE};
+pub use kd::DistillLoss;
 pub use model::{Embeddings, MoeModel, MoeOutput};
-pub use routing::{ExpertChoice, LabelRouter, ResolvedSetting, Routing, SequenceRouter};
-pub use train::{train_moe, CrossEntropy, MoeLoss, RunOptions};
+pub use routing::{
+    check_router_classes, ExpertChoice, LabelRouter, ResolvedSetting, Routing, SequenceRouter,
+};
+pub use train::{train_moe, CrossEntropy, LossContext, MoeLoss, RunOptions};

@@ -265,6 +265,12 @@ impl MoeModel {
         Ok(&self.embeddings[self.expert(id)?.emb])
     }
 
+    /// Index of the embedding set (and head) an expert reads: experts with the same
+    /// index share them (every expert of JEET / MoE-CE; none for PLE).
+    pub fn embedding_index(&self, id: ExpertId) -> Result<usize> {
+        Ok(self.expert(id)?.emb)
+    }
+
     /// An expert's stack.
     pub fn stack(&self, id: ExpertId) -> Result<&Gpt2Stack> {
         Ok(&self.expert(id)?.stack)

@@ -169,6 +169,38 @@ impl ClassMap {
     }
 }
 
+/// Checks that a router's classes are exactly the model's domains (in any order):
+/// every class an expert, every expert a class. Errors name what is missing on
+/// either side. (The forward pass itself only needs every class to be an expert.)
+pub fn check_router_classes(classes: &[String], cfg: &MoeConfig) -> Result<()> {
+    let unknown: Vec<&String> = classes
+        .iter()
+        .filter(|c| cfg.domain_index(c).is_none())
+        .collect();
+    let unrouted: Vec<&String> = cfg
+        .domains
+        .iter()
+        .filter(|d| !classes.contains(d))
+        .collect();
+    if unknown.is_empty() && unrouted.is_empty() {
+        return Ok(());
+    }
+    let mut why = Vec::new();
+    if !unknown.is_empty() {
+        why.push(format!(
+            "router classes {unknown:?} are not experts of the model"
+        ));
+    }
+    if !unrouted.is_empty() {
+        why.push(format!("experts {unrouted:?} are not router classes"));
+    }
+    Err(Error::Routing(format!(
+        "the router's classes {classes:?} do not match the experts {:?}: {}",
+        cfg.domains,
+        why.join("; ")
+    )))
+}
+
 /// Routes every row of `ids` `[B, T]` with `router`; the classes are checked first.
 pub fn route_batch(
     router: &dyn SequenceRouter,

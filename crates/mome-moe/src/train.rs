@@ -10,9 +10,9 @@
 //!
 //! Loss: [`MoeLoss`] gets `(logits, ids, domain)` and returns the scalar loss.
 //! [`CrossEntropy`] is the next-token loss on the data; the method's knowledge
-//! distillation from the teacher plugs in here: implement [`MoeLoss`] (or pass a
-//! closure `FnMut(&Tensor, &Tensor, usize) -> Result<Tensor>`) that runs or reads the
-//! teacher's logits for `ids` and returns mome-distill's KD loss.
+//! distillation from the teacher is [`crate::kd::DistillLoss`] (mome-distill's
+//! `alpha * CE + beta * KD` against a frozen teacher). Any closure
+//! `FnMut(&Tensor, &Tensor, usize) -> Result<Tensor>` is a [`MoeLoss`] too.
 
 use std::cell::Cell;
 use std::path::Path;
@@ -27,10 +27,28 @@ use crate::error::{Error, Result};
 use crate::model::MoeModel;
 use crate::routing::ExpertChoice;
 
+/// What [`train_moe`] tells a [`MoeLoss`] before the first batch.
+#[derive(Debug, Clone, Copy)]
+pub struct LossContext<'a> {
+    /// The run folder (for side metrics files).
+    pub run_dir: &'a Path,
+    /// The step training starts from (0, or the resumed checkpoint's step).
+    pub start_step: u64,
+    /// Whether the run continues from a checkpoint.
+    pub resumed: bool,
+    /// The training settings (steps, accumulation, logging).
+    pub train: &'a TrainConfig,
+}
+
 /// The training loss of one batch of a known domain.
 pub trait MoeLoss {
     /// `logits` `[B, T, V]` fp32, `ids` `[B, T]`, `domain` the expert index.
     fn loss(&mut self, logits: &Tensor, ids: &Tensor, domain: usize) -> Result<Tensor>;
+    /// Called once by [`train_moe`] after the trainer is set up (and a checkpoint
+    /// restored), before the first batch. The default does nothing.
+    fn begin(&mut self, _ctx: &LossContext<'_>) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl<F: FnMut(&Tensor, &Tensor, usize) -> Result<Tensor>> MoeLoss for F {
@@ -133,7 +151,14 @@ pub fn train_moe(
     )?;
     let ga = cfg.grad_accum.max(1);
     model.set_all_trainable(true);
+    let train_cfg = cfg.clone();
     let mut trainer = Trainer::new(cfg, vs, run.run_dir, run.resume)?;
+    loss.begin(&LossContext {
+        run_dir: run.run_dir,
+        start_step: trainer.step(),
+        resumed: trainer.resumed_from().is_some(),
+        train: &train_cfg,
+    })?;
     let last = Rc::new(Cell::new(None));
     let mut src = DomainSource {
         inner: source,

@@ -1,0 +1,333 @@
+//! Text generation with a mixture of modular experts.
+//!
+//! Each prompt is routed once, on its token ids ([`route_prompts`]); the
+//! [`Setting`] turns the routing into the prompt's active experts (the routed
+//! expert, plus the common expert, or every used expert when averaging, exactly as
+//! in [`MoeModel::forward`]). Those experts then generate together, each with its
+//! own [`KvCache`]: at every step each active expert runs on the new token, the
+//! outputs are combined by the setting's rule (mean of the final hidden states per
+//! embedding set, then the head; for PLE, whose experts have their own heads, this
+//! is the mean of the experts' logits) and one token is chosen.
+//!
+//! Decoding is that of `mome_experts::generate` (left padding, per-sequence
+//! positions, greedy or temperature / top-k / top-p sampling from a ChaCha8 stream
+//! seeded by `seed`, stop at EOS), so a prompt routed to one expert gets the tokens
+//! the expert exported alone (`export-expert`) generates. Prompts with different
+//! active experts are generated in groups (in order of their experts), which share
+//! one sampling stream.
+
+use std::collections::BTreeMap;
+
+use mome_experts::{GenerationConfig, KvCache};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::{Kind, Tensor};
+
+use crate::config::{ExpertId, Setting};
+use crate::error::{Error, Result};
+use crate::model::MoeModel;
+use crate::routing::{ClassMap, ExpertChoice, ResolvedSetting, Routing, SequenceRouter};
+
+/// One generated continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeGeneration {
+    /// What the router said about the prompt (its class index and probabilities).
+    pub routing: Routing,
+    /// The routing mapped onto the model's experts.
+    pub choice: ExpertChoice,
+    /// The experts that generated (domain experts in order, then the common one).
+    pub active: Vec<ExpertId>,
+    /// The new tokens (ending with EOS when one was produced).
+    pub tokens: Vec<i64>,
+}
+
+/// Routes each prompt with `router` (its classes are checked against the experts
+/// first): the router's answer and the matching [`ExpertChoice`].
+pub fn route_prompts(
+    model: &MoeModel,
+    router: &dyn SequenceRouter,
+    prompts: &[Vec<i64>],
+) -> Result<Vec<(Routing, ExpertChoice)>> {
+    let map = ClassMap::new(router.classes(), model.config())?;
+    prompts
+        .iter()
+        .map(|p| {
+            let ids: Vec<u32> = p.iter().map(|&i| i.max(0) as u32).collect();
+            let r = router.route(&ids)?;
+            let c = map.choice(&r)?;
+            Ok((r, c))
+        })
+        .collect()
+}
+
+/// Routes every prompt with `router`, then generates with [`generate`].
+pub fn generate_routed(
+    model: &MoeModel,
+    router: &dyn SequenceRouter,
+    setting: &Setting,
+    prompts: &[Vec<i64>],
+    cfg: &GenerationConfig,
+) -> Result<Vec<MoeGeneration>> {
+    let resolved = ResolvedSetting::new(setting, model.config())?;
+    let routed = route_prompts(model, router, prompts)?;
+    let choices: Vec<ExpertChoice> = routed.iter().map(|(_, c)| c.clone()).collect();
+    let tokens = generate(model, prompts, &choices, setting, cfg)?;
+    Ok(routed
+        .into_iter()
+        .zip(tokens)
+        .map(|((routing, choice), tokens)| MoeGeneration {
+            active: resolved.active(&choice),
+            routing,
+            choice,
+            tokens,
+        })
+        .collect())
+}
+
+/// Generates up to `cfg.max_new_tokens` tokens after each prompt; `choices[i]` is
+/// prompt `i`'s routing and `setting` decides its active experts.
+///
+/// Returns only the new tokens of each prompt. Prompts must be non-empty, in the
+/// vocabulary, and `longest prompt + max_new_tokens <= n_positions`; everything is
+/// checked before any forward pass. Runs without gradients.
+pub fn generate(
+    model: &MoeModel,
+    prompts: &[Vec<i64>],
+    choices: &[ExpertChoice],
+    setting: &Setting,
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<i64>>> {
+    let mcfg = model.config();
+    let e = &mcfg.expert;
+    let resolved = ResolvedSetting::new(setting, mcfg)?;
+    cfg.validate(e.vocab_size)?;
+    if choices.len() != prompts.len() {
+        return Err(Error::Routing(format!(
+            "{} routings for {} prompts",
+            choices.len(),
+            prompts.len()
+        )));
+    }
+    let n = mcfg.domains.len();
+    for (i, c) in choices.iter().enumerate() {
+        if c.expert >= n || c.probabilities.len() != n {
+            return Err(Error::Routing(format!(
+                "prompt {i}: routed to expert {} with {} probabilities; the model has {n} domain experts",
+                c.expert,
+                c.probabilities.len()
+            )));
+        }
+    }
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(Error::Input(format!("prompt {i} is empty")));
+        }
+        if let Some(&id) = p.iter().find(|&&id| id < 0 || id >= e.vocab_size) {
+            return Err(Error::Input(format!(
+                "prompt {i}: token id {id} is outside the vocabulary [0, {})",
+                e.vocab_size
+            )));
+        }
+        if (p.len() + cfg.max_new_tokens) as i64 > e.n_positions {
+            return Err(Error::Input(format!(
+                "prompt {i} ({} tokens) + max_new_tokens ({}) exceeds n_positions ({})",
+                p.len(),
+                cfg.max_new_tokens,
+                e.n_positions
+            )));
+        }
+    }
+    let mut out = vec![Vec::new(); prompts.len()];
+    if cfg.max_new_tokens == 0 || prompts.is_empty() {
+        return Ok(out);
+    }
+    let mut groups: BTreeMap<Vec<ExpertId>, Vec<usize>> = BTreeMap::new();
+    for (i, c) in choices.iter().enumerate() {
+        groups.entry(resolved.active(c)).or_default().push(i);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    tch::no_grad(|| -> Result<()> {
+        for (active, rows) in &groups {
+            let group: Vec<&Vec<i64>> = rows.iter().map(|&i| &prompts[i]).collect();
+            let tokens = generate_group(model, active, &group, cfg, &mut rng)?;
+            for (&i, t) in rows.iter().zip(tokens) {
+                out[i] = t;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The experts of `active` grouped by the embeddings (and head) they read.
+fn by_embeddings(model: &MoeModel, active: &[ExpertId]) -> Result<Vec<Vec<ExpertId>>> {
+    let mut sets: Vec<(usize, Vec<ExpertId>)> = Vec::new();
+    for &id in active {
+        let key = model.embedding_index(id)?;
+        match sets.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(id),
+            None => sets.push((key, vec![id])),
+        }
+    }
+    Ok(sets.into_iter().map(|(_, v)| v).collect())
+}
+
+/// One decoding step of the active experts: logits `[B, vocab]` of the last position.
+fn step_logits(
+    model: &MoeModel,
+    sets: &[Vec<ExpertId>],
+    caches: &mut BTreeMap<ExpertId, KvCache>,
+    ids: &Tensor,
+    positions: &Tensor,
+    mask: &Tensor,
+    n_active: usize,
+) -> Result<Tensor> {
+    let mut logits: Option<Tensor> = None;
+    for set in sets {
+        let emb = model.embeddings_of(set[0])?;
+        let h0 = Tensor::f_embedding(emb.wte(), ids, -1, false, false)?
+            + Tensor::f_embedding(emb.wpe(), positions, -1, false, false)?;
+        let mut sum: Option<Tensor> = None;
+        let mut kind = Kind::Float;
+        for id in set {
+            let stack = model.stack(*id)?;
+            kind = stack.compute_kind();
+            let cache = caches
+                .get_mut(id)
+                .ok_or_else(|| Error::Routing(format!("internal: no cache for {id:?}")))?;
+            let h = stack
+                .forward(&h0, Some(mask), Some(cache), false, false)?
+                .last_hidden_state;
+            let last = h.select(1, h.size()[1] - 1).to_kind(Kind::Float);
+            sum = Some(match sum {
+                None => last,
+                Some(s) => s + last,
+            });
+        }
+        let mean = sum.expect("non-empty set") * (1.0 / n_active as f64);
+        let part = mean
+            .to_kind(kind)
+            .f_linear::<Tensor>(&emb.head().to_kind(kind), None)?
+            .to_kind(Kind::Float);
+        logits = Some(match logits {
+            None => part,
+            Some(l) => l + part,
+        });
+    }
+    logits.ok_or_else(|| Error::Routing("no active expert".into()))
+}
+
+fn generate_group(
+    model: &MoeModel,
+    active: &[ExpertId],
+    prompts: &[&Vec<i64>],
+    cfg: &GenerationConfig,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Vec<i64>>> {
+    if active.is_empty() {
+        return Err(Error::Routing("a prompt has no active expert".into()));
+    }
+    let device = model.device();
+    let b = prompts.len();
+    let max_len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(b * max_len);
+    let mut mask = Vec::with_capacity(b * max_len);
+    for p in prompts {
+        let pad = max_len - p.len();
+        ids.extend(std::iter::repeat_n(cfg.pad_token_id, pad).chain(p.iter().copied()));
+        mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, p.len())));
+    }
+    let (bi, li) = (b as i64, max_len as i64);
+    let ids = Tensor::from_slice(&ids).view([bi, li]).to_device(device);
+    let mut mask = Tensor::from_slice(&mask).view([bi, li]).to_device(device);
+    let positions = (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
+    let mut next_pos = positions.narrow(1, li - 1, 1) + 1;
+    let sets = by_embeddings(model, active)?;
+    let mut caches: BTreeMap<ExpertId, KvCache> = BTreeMap::new();
+    for &id in active {
+        caches.insert(id, KvCache::new(model.stack(id)?.n_layer()));
+    }
+    let n_active = active.len();
+    let mut logits = step_logits(model, &sets, &mut caches, &ids, &positions, &mask, n_active)?;
+    let mut out = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    for step in 0..cfg.max_new_tokens {
+        let next = choose(&logits, cfg, rng)?;
+        let mut feed = Vec::with_capacity(b);
+        for (i, &tok) in next.iter().enumerate() {
+            if done[i] {
+                feed.push(cfg.pad_token_id);
+                continue;
+            }
+            out[i].push(tok);
+            feed.push(tok);
+            if cfg.eos_token_id == Some(tok) {
+                done[i] = true;
+            }
+        }
+        if step + 1 == cfg.max_new_tokens || done.iter().all(|&d| d) {
+            break;
+        }
+        let inp = Tensor::from_slice(&feed).view([bi, 1]).to_device(device);
+        mask = Tensor::cat(&[&mask, &mask.ones_like().narrow(1, 0, 1)], 1);
+        let pos = next_pos.shallow_clone();
+        next_pos = &next_pos + 1;
+        logits = step_logits(model, &sets, &mut caches, &inp, &pos, &mask, n_active)?;
+    }
+    Ok(out)
+}
+
+/// Greedy (temperature 0) or sampled next tokens of `[B, V]` fp32 logits.
+fn choose(logits: &Tensor, cfg: &GenerationConfig, rng: &mut ChaCha8Rng) -> Result<Vec<i64>> {
+    if cfg.temperature == 0.0 {
+        Ok(Vec::<i64>::try_from(
+            &logits.argmax(-1, false).to_device(tch::Device::Cpu),
+        )?)
+    } else {
+        sample(logits, cfg, rng)
+    }
+}
+
+/// Temperature, top-k and top-p on `[B, V]` logits, then one draw per row on the
+/// host (the same procedure as `mome_experts::generate`).
+fn sample(logits: &Tensor, cfg: &GenerationConfig, rng: &mut ChaCha8Rng) -> Result<Vec<i64>> {
+    let v = logits.size()[1];
+    let mut z = logits / cfg.temperature;
+    if cfg.top_k > 0 && (cfg.top_k as i64) < v {
+        let (vals, _) = z.f_topk(cfg.top_k as i64, -1, true, true)?;
+        let kth = vals.narrow(1, cfg.top_k as i64 - 1, 1);
+        z = z.masked_fill(&z.lt_tensor(&kth), f64::NEG_INFINITY);
+    }
+    if cfg.top_p < 1.0 {
+        let (sorted, idx) = z.sort(-1, true);
+        let probs = sorted.softmax(-1, Kind::Float);
+        let before = probs.cumsum(-1, Kind::Float) - &probs;
+        let sorted = sorted.masked_fill(&before.gt(cfg.top_p), f64::NEG_INFINITY);
+        z = z.full_like(f64::NEG_INFINITY).scatter(-1, &idx, &sorted);
+    }
+    let probs = z
+        .softmax(-1, Kind::Float)
+        .to_kind(Kind::Double)
+        .to_device(tch::Device::Cpu);
+    let probs = Vec::<f64>::try_from(&probs.reshape([-1]))?;
+    let mut out = Vec::new();
+    for row in probs.chunks(v as usize) {
+        let total: f64 = row.iter().sum();
+        let u = rng.gen::<f64>() * total;
+        let mut acc = 0.0;
+        let mut pick = None;
+        for (i, &p) in row.iter().enumerate() {
+            if p > 0.0 {
+                acc += p;
+                pick = Some(i);
+                if u < acc {
+                    break;
+                }
+            }
+        }
+        let pick =
+            pick.ok_or_else(|| Error::Input("sampling row has no probability mass".into()))?;
+        out.push(pick as i64);
+    }
+    Ok(out)
+}

@@ -1,0 +1,188 @@
+//! Knowledge distillation for JEET / MoE-CE training: a [`MoeLoss`] that runs a
+//! frozen teacher on each batch and returns mome-distill's `alpha * CE + beta * KD`
+//! (method §4 and §6: the experts are trained by distillation from the teacher).
+//!
+//! The teacher, the KD divergence, the temperature and the weighting strategy are
+//! mome-distill's ([`TeacherSection`], [`DistillSettings`]: the `teacher` and
+//! `[distill]` keys of a `mome distill` config). Like `mome distill`, each loss
+//! evaluation writes a line to `run_dir/distill_metrics.jsonl`:
+//! `{"kind":"distill","step":S,"micro":M,"domain":D,"alpha":..,"beta":..,"ce":..,"kd":..}`
+//! (`kd` is `null` when the KD weight was 0 and the teacher was skipped); this
+//! reads the losses on the host once per micro-batch. On resume the file is cut
+//! back to the checkpoint's step and replayed into strategies that read the losses
+//! (adaptive), so they continue exactly.
+//!
+//! Only an online teacher (`teacher = { dir = ... }`) is supported here; a teacher
+//! cache is an error.
+
+use mome_core::metrics::{read_metrics, MetricsWriter};
+use mome_distill::losses::{kd_loss, KdLoss, Teacher};
+use mome_distill::strategy::WeightStrategy;
+use mome_distill::teacher::load_teacher;
+use mome_distill::{DistillSettings, TeacherSection, DISTILL_METRICS};
+use mome_experts::{causal_lm_loss, Gpt2Config, Gpt2Input, Gpt2LmHeadModel};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::train::{LossContext, MoeLoss};
+
+/// The KD loss of MoE training (see the module docs).
+pub struct DistillLoss {
+    _vs: nn::VarStore,
+    teacher: Gpt2LmHeadModel,
+    kind: KdLoss,
+    temperature: f64,
+    settings: DistillSettings,
+    strategy: Option<Box<dyn WeightStrategy>>,
+    writer: Option<MetricsWriter>,
+    start_step: u64,
+    grad_accum: u64,
+    calls: u64,
+}
+
+impl std::fmt::Debug for DistillLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DistillLoss")
+            .field("settings", &self.settings)
+            .field("start_step", &self.start_step)
+            .field("calls", &self.calls)
+            .finish()
+    }
+}
+
+impl DistillLoss {
+    /// Loads the frozen teacher of `teacher` on `device` and checks it against the
+    /// expert shape `student` (same vocabulary, at least as many positions).
+    pub fn new(
+        teacher: &TeacherSection,
+        settings: &DistillSettings,
+        student: &Gpt2Config,
+        device: Device,
+    ) -> Result<Self> {
+        settings.validate()?;
+        if teacher.cache.is_some() {
+            return Err(Error::Config(
+                "MoE training reads the teacher online: use teacher = { dir = \"MODEL_DIR\" } (a teacher cache is not supported here)".into(),
+            ));
+        }
+        let dir = teacher.dir.as_ref().ok_or_else(|| {
+            Error::Config("KD needs a teacher: teacher = { dir = \"MODEL_DIR\" }".into())
+        })?;
+        let (vs, model, _sha) = load_teacher(dir, device, teacher.bf16)?;
+        let tc = model.config();
+        if tc.vocab_size != student.vocab_size {
+            return Err(Error::Config(format!(
+                "the teacher {} has a vocabulary of {} tokens, the experts {}",
+                dir.display(),
+                tc.vocab_size,
+                student.vocab_size
+            )));
+        }
+        if tc.n_positions < student.n_positions {
+            return Err(Error::Config(format!(
+                "the teacher {} has {} positions, fewer than the experts' {}",
+                dir.display(),
+                tc.n_positions,
+                student.n_positions
+            )));
+        }
+        Ok(Self {
+            _vs: vs,
+            teacher: model,
+            kind: settings.loss,
+            temperature: settings.temperature,
+            settings: settings.clone(),
+            strategy: None,
+            writer: None,
+            start_step: 0,
+            grad_accum: 1,
+            calls: 0,
+        })
+    }
+
+    /// The settings (loss, temperature, strategy).
+    pub fn settings(&self) -> &DistillSettings {
+        &self.settings
+    }
+}
+
+impl MoeLoss for DistillLoss {
+    fn begin(&mut self, ctx: &LossContext<'_>) -> Result<()> {
+        let mut strategy = self.settings.strategy.build(ctx.train.max_steps)?;
+        let path = ctx.run_dir.join(DISTILL_METRICS);
+        let writer = MetricsWriter::open(&path, ctx.resumed.then_some(ctx.start_step))?;
+        if ctx.resumed && strategy.needs_losses() {
+            for line in read_metrics(&path)? {
+                if let (Some(step), Some(ce), Some(kd)) = (
+                    line["step"].as_u64(),
+                    line["ce"].as_f64(),
+                    line["kd"].as_f64(),
+                ) {
+                    strategy.weights(step, ce, kd);
+                }
+            }
+        }
+        self.strategy = Some(strategy);
+        self.writer = Some(writer);
+        self.start_step = ctx.start_step;
+        self.grad_accum = ctx.train.grad_accum.max(1);
+        self.calls = 0;
+        Ok(())
+    }
+
+    fn loss(&mut self, logits: &Tensor, ids: &Tensor, domain: usize) -> Result<Tensor> {
+        let (Some(strategy), Some(writer)) = (self.strategy.as_mut(), self.writer.as_mut()) else {
+            return Err(Error::Config(
+                "internal: DistillLoss used before begin() (train it with train_moe)".into(),
+            ));
+        };
+        let step = self.start_step + self.calls / self.grad_accum + 1;
+        let micro = self.calls % self.grad_accum;
+        self.calls += 1;
+        let ce = causal_lm_loss(logits, ids, None)?;
+        let planned =
+            (!strategy.needs_losses()).then(|| strategy.weights(step, f64::NAN, f64::NAN));
+        let kd = if planned.is_none_or(|(_, b)| b != 0.0) {
+            let t = tch::no_grad(|| self.teacher.forward(Gpt2Input::ids(ids)))?.logits;
+            Some(
+                kd_loss(
+                    self.kind,
+                    logits,
+                    Teacher::Logits(&t),
+                    None,
+                    self.temperature,
+                )?
+                .loss,
+            )
+        } else {
+            None
+        };
+        let parts: Vec<Tensor> = std::iter::once(ce.detach())
+            .chain(kd.iter().map(|k| k.detach()))
+            .collect();
+        let vals = Vec::<f64>::try_from(
+            &Tensor::f_stack(&parts, 0)?
+                .f_to_kind(Kind::Double)?
+                .f_to_device(Device::Cpu)?,
+        )?;
+        let kd_value = kd.as_ref().map(|_| vals[1]);
+        let (alpha, beta) = match planned {
+            Some(w) => w,
+            None => strategy.weights(step, vals[0], kd_value.unwrap_or(f64::NAN)),
+        };
+        writer.write(&serde_json::json!({
+            "kind": "distill", "step": step, "micro": micro, "domain": domain,
+            "alpha": alpha, "beta": beta, "ce": vals[0], "kd": kd_value,
+        }))?;
+        Ok(match &kd {
+            Some(k) if beta != 0.0 => {
+                if alpha != 0.0 {
+                    ce.f_mul_scalar(alpha)?.f_add(&k.f_mul_scalar(beta)?)?
+                } else {
+                    k.f_mul_scalar(beta)?
+                }
+            }
+            _ => ce.f_mul_scalar(alpha)?,
+        })
+    }
+}

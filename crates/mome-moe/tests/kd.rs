@@ -1,0 +1,184 @@
+//! KD in MoE training: a JEET run against a tiny random teacher logs the KD loss and
+//! alpha per step, and matches mome-distill's loss.
+
+use mome_core::data::ShardBatches;
+use mome_core::trainer::TrainConfig;
+use mome_data::sampler::{SamplerConfig, SamplerKind};
+use mome_data::shards::{ShardSet, ShardWriter};
+use mome_distill::{DistillSettings, KdLoss, StrategyConfig, TeacherSection};
+use mome_experts::{Gpt2Config, Gpt2LmHeadModel};
+use mome_moe::{train_moe, Arch, DistillLoss, MoeConfig, MoeModel, RunOptions};
+use tch::{nn, Device};
+
+const VOCAB: i64 = 41;
+const SEQ: usize = 10;
+
+fn shape() -> Gpt2Config {
+    Gpt2Config {
+        vocab_size: VOCAB,
+        n_positions: 16,
+        n_embd: 16,
+        n_layer: 1,
+        n_head: 2,
+        tie_word_embeddings: false,
+        bos_token_id: Some(1),
+        eos_token_id: Some(2),
+        ..Gpt2Config::default()
+    }
+}
+
+fn shards(dir: &std::path::Path) -> ShardSet {
+    let mut w = ShardWriter::new(dir, VOCAB as usize, SEQ, &"cd".repeat(32), 1, 2).unwrap();
+    for (k, d) in ["en", "fr"].iter().enumerate() {
+        for split in ["train", "validation"] {
+            for i in 0..6 {
+                let row: Vec<u32> = (0..SEQ)
+                    .map(|j| ((k * 7 + i + j * (k + 2)) % (VOCAB as usize - 3) + 3) as u32)
+                    .collect();
+                w.push_sequence(split, d, &row).unwrap();
+            }
+        }
+    }
+    w.finish().unwrap();
+    ShardSet::open(dir).unwrap()
+}
+
+fn run(
+    tmp: &std::path::Path,
+    strategy: StrategyConfig,
+    teacher: &TeacherSection,
+    resume: bool,
+    steps: u64,
+) -> Vec<serde_json::Value> {
+    let cfg = MoeConfig {
+        arch: Arch::Jeet,
+        domains: vec!["en".into(), "fr".into()],
+        expert: shape(),
+        common_expert: false,
+        low_confidence_to_common: true,
+    };
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = MoeModel::new(&vs.root(), &cfg).unwrap();
+    let source = ShardBatches::new(
+        ShardSet::open(&tmp.join("shards")).unwrap(),
+        "train",
+        SamplerConfig {
+            kind: SamplerKind::Blocks,
+            batch_size: 3,
+            seed: 0,
+            domains: vec![],
+        },
+    )
+    .unwrap();
+    let settings = DistillSettings {
+        loss: KdLoss::ForwardKl,
+        temperature: 2.0,
+        strategy,
+    };
+    let mut loss = DistillLoss::new(teacher, &settings, &cfg.expert, Device::Cpu).unwrap();
+    let mut train = TrainConfig::new(steps, 1e-3);
+    train.quiet = true;
+    train.log_every = 1;
+    train.checkpoint_every = 2;
+    let run_dir = tmp.join("run");
+    train_moe(
+        &model,
+        &vs,
+        source,
+        train,
+        &RunOptions {
+            run_dir: &run_dir,
+            resume,
+        },
+        &mut loss,
+        None,
+    )
+    .unwrap();
+    std::fs::read_to_string(run_dir.join(mome_distill::DISTILL_METRICS))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn kd_run_logs_kd_loss_and_alpha_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    shards(&tmp.path().join("shards"));
+    tch::manual_seed(9);
+    let tvs = nn::VarStore::new(Device::Cpu);
+    let t = Gpt2LmHeadModel::new(&tvs.root(), &shape()).unwrap();
+    t.save_pretrained(tmp.path().join("teacher")).unwrap();
+    let teacher = TeacherSection {
+        dir: Some(tmp.path().join("teacher")),
+        cache: None,
+        bf16: false,
+    };
+    let lines = run(
+        tmp.path(),
+        StrategyConfig::Fixed { alpha: 0.25 },
+        &teacher,
+        false,
+        4,
+    );
+    assert_eq!(lines.len(), 4);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["kind"], "distill");
+        assert_eq!(l["step"], i as u64 + 1);
+        assert_eq!(l["alpha"], 0.25);
+        assert_eq!(l["beta"], 0.75);
+        let kd = l["kd"].as_f64().unwrap();
+        assert!(kd.is_finite() && kd > 0.0, "{l}");
+        // blocks sampler: domains alternate
+        assert_eq!(l["domain"], (i % 2) as u64);
+    }
+    // The trainer's loss is alpha * CE + beta * KD.
+    let metrics: Vec<serde_json::Value> =
+        std::fs::read_to_string(tmp.path().join("run/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "train")
+            .collect();
+    let l0 = &lines[0];
+    let want = 0.25 * l0["ce"].as_f64().unwrap() + 0.75 * l0["kd"].as_f64().unwrap();
+    let got = metrics[0]["loss"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-4 * want.max(1.0), "{got} vs {want}");
+
+    // Resume to 6 steps: the file is continued, not restarted.
+    let lines = run(
+        tmp.path(),
+        StrategyConfig::Fixed { alpha: 0.25 },
+        &teacher,
+        true,
+        6,
+    );
+    let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+
+    // Alternating: even steps are KD only, odd steps CE only (teacher skipped).
+    let tmp2 = tempfile::tempdir().unwrap();
+    shards(&tmp2.path().join("shards"));
+    let lines = run(tmp2.path(), StrategyConfig::Alternating, &teacher, false, 2);
+    assert_eq!(lines[0]["alpha"], 1.0);
+    assert!(lines[0]["kd"].is_null());
+    assert_eq!(lines[1]["alpha"], 0.0);
+    assert!(lines[1]["kd"].as_f64().unwrap() > 0.0);
+
+    // A teacher cache or a missing teacher is an error up front.
+    let settings = DistillSettings::default();
+    let cache = TeacherSection {
+        dir: None,
+        cache: Some(tmp.path().join("cache")),
+        bf16: false,
+    };
+    assert!(DistillLoss::new(&cache, &settings, &shape(), Device::Cpu).is_err());
+    assert!(
+        DistillLoss::new(&TeacherSection::default(), &settings, &shape(), Device::Cpu).is_err()
+    );
+    let mut other = shape();
+    other.vocab_size = VOCAB + 1;
+    let e = DistillLoss::new(&teacher, &settings, &other, Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("vocabulary"), "{e}");
+}
