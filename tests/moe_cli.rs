@@ -131,6 +131,11 @@ optimizer = {{ lr = 3e-3 }}
     path
 }
 
+/// A Python prompt long enough for the tiny test router to be sure of it (a
+/// three-token `def main():` alone is a coin toss for a router trained in seconds),
+/// short enough for the 64-position test models.
+const PY_PROMPT: &str = "import os\nimport sys\n\ndef main(args):\n    return os.path.join(args)\n";
+
 fn gen(model: &Path, extra: &[&str]) -> Command {
     let mut c = mome();
     c.arg("generate")
@@ -138,7 +143,7 @@ fn gen(model: &Path, extra: &[&str]) -> Command {
         .arg(model)
         .arg("--tokenizer")
         .arg(prepared().join("tok.json"))
-        .args(["--prompt", "Le système est", "--prompt", "def main():"])
+        .args(["--prompt", "Le système est", "--prompt", PY_PROMPT])
         .args(["--temperature", "0", "--max-new-tokens", "12"])
         .args(extra);
     c
@@ -152,7 +157,7 @@ fn moe_generation_equals_the_exported_expert_alone() {
     let routed = stdout(&run_ok(&mut gen(&moe, &["--expert", "fr"])));
     assert_eq!(routed, alone);
     assert!(
-        alone.starts_with("Le système est") && alone.contains("def main():"),
+        alone.starts_with("Le système est") && alone.contains("def main(args):"),
         "{alone}"
     );
     // The same through a setting that uses only fr.

@@ -12,10 +12,16 @@
 //! back to the checkpoint's step and replayed into strategies that read the losses
 //! (adaptive), so they continue exactly.
 //!
-//! Only an online teacher (`teacher = { dir = ... }`) is supported here; a teacher
-//! cache is an error.
+//! The teacher is online (`teacher = { dir = ... }`: run on each batch) or a top-K
+//! teacher cache (`teacher = { cache = ... }`, from `mome teacher-cache build`:
+//! the batch's rows are read by `(domain, sequence index)`), as in `mome distill`.
+//! A cache is checked against the student's vocabulary and the temperature (and,
+//! with `dir` too, that teacher's weights) in [`DistillLoss::new`], and against the
+//! training shards in [`MoeLoss::begin`], before any step.
 
 use mome_core::metrics::{read_metrics, MetricsWriter};
+use mome_data::sampler::SeqRef;
+use mome_distill::cache::TeacherCache;
 use mome_distill::losses::{kd_loss, KdLoss, Teacher};
 use mome_distill::strategy::WeightStrategy;
 use mome_distill::teacher::load_teacher;
@@ -28,8 +34,10 @@ use crate::train::{LossContext, MoeLoss};
 
 /// The KD loss of MoE training (see the module docs).
 pub struct DistillLoss {
-    _vs: nn::VarStore,
-    teacher: Gpt2LmHeadModel,
+    teacher: TeacherImpl,
+    /// The training split and its domains (for cache rows), set by `begin`.
+    split: String,
+    domains: Vec<String>,
     kind: KdLoss,
     temperature: f64,
     settings: DistillSettings,
@@ -38,6 +46,15 @@ pub struct DistillLoss {
     start_step: u64,
     grad_accum: u64,
     calls: u64,
+}
+
+/// Where the teacher distribution comes from.
+enum TeacherImpl {
+    Online {
+        _vs: nn::VarStore,
+        model: Gpt2LmHeadModel,
+    },
+    Cache(TeacherCache),
 }
 
 impl std::fmt::Debug for DistillLoss {
@@ -52,7 +69,10 @@ impl std::fmt::Debug for DistillLoss {
 
 impl DistillLoss {
     /// Loads the frozen teacher of `teacher` on `device` and checks it against the
-    /// expert shape `student` (same vocabulary, at least as many positions).
+    /// expert shape `student` (same vocabulary, at least as many positions); or,
+    /// with `teacher.cache`, opens the cache and checks its vocabulary, its
+    /// temperature and (with `teacher.dir` too) its teacher. The cache is checked
+    /// against the training shards when training begins.
     pub fn new(
         teacher: &TeacherSection,
         settings: &DistillSettings,
@@ -60,13 +80,28 @@ impl DistillLoss {
         device: Device,
     ) -> Result<Self> {
         settings.validate()?;
-        if teacher.cache.is_some() {
-            return Err(Error::Config(
-                "MoE training reads the teacher online: use teacher = { dir = \"MODEL_DIR\" } (a teacher cache is not supported here)".into(),
-            ));
+        if let Some(cdir) = &teacher.cache {
+            let cache = TeacherCache::open(cdir)?;
+            let cv = cache.manifest().vocab_size as i64;
+            if cv != student.vocab_size {
+                return Err(Error::Config(format!(
+                    "the teacher cache {} has a vocabulary of {} tokens, the experts {}",
+                    cdir.display(),
+                    cv,
+                    student.vocab_size
+                )));
+            }
+            cache.check_temperature(settings.temperature)?;
+            if let Some(dir) = &teacher.dir {
+                cache.check_teacher(dir)?;
+            }
+            return Ok(Self::with_teacher(TeacherImpl::Cache(cache), settings));
         }
         let dir = teacher.dir.as_ref().ok_or_else(|| {
-            Error::Config("KD needs a teacher: teacher = { dir = \"MODEL_DIR\" }".into())
+            Error::Config(
+                "KD needs a teacher: teacher = { dir = \"MODEL_DIR\" } or teacher = { cache = \"CACHE_DIR\" }"
+                    .into(),
+            )
         })?;
         let (vs, model, _sha) = load_teacher(dir, device, teacher.bf16)?;
         let tc = model.config();
@@ -86,9 +121,17 @@ impl DistillLoss {
                 student.n_positions
             )));
         }
-        Ok(Self {
-            _vs: vs,
-            teacher: model,
+        Ok(Self::with_teacher(
+            TeacherImpl::Online { _vs: vs, model },
+            settings,
+        ))
+    }
+
+    fn with_teacher(teacher: TeacherImpl, settings: &DistillSettings) -> Self {
+        Self {
+            teacher,
+            split: String::new(),
+            domains: Vec::new(),
             kind: settings.loss,
             temperature: settings.temperature,
             settings: settings.clone(),
@@ -97,7 +140,7 @@ impl DistillLoss {
             start_step: 0,
             grad_accum: 1,
             calls: 0,
-        })
+        }
     }
 
     /// The settings (loss, temperature, strategy).
@@ -108,6 +151,11 @@ impl DistillLoss {
 
 impl MoeLoss for DistillLoss {
     fn begin(&mut self, ctx: &LossContext<'_>) -> Result<()> {
+        if let TeacherImpl::Cache(cache) = &self.teacher {
+            cache.check_shards(ctx.shards, ctx.split)?;
+        }
+        self.split = ctx.split.to_string();
+        self.domains = ctx.domains.to_vec();
         let mut strategy = self.settings.strategy.build(ctx.train.max_steps)?;
         let path = ctx.run_dir.join(DISTILL_METRICS);
         let writer = MetricsWriter::open(&path, ctx.resumed.then_some(ctx.start_step))?;
@@ -130,7 +178,13 @@ impl MoeLoss for DistillLoss {
         Ok(())
     }
 
-    fn loss(&mut self, logits: &Tensor, ids: &Tensor, domain: usize) -> Result<Tensor> {
+    fn loss(
+        &mut self,
+        logits: &Tensor,
+        ids: &Tensor,
+        domain: usize,
+        items: &[SeqRef],
+    ) -> Result<Tensor> {
         let (Some(strategy), Some(writer)) = (self.strategy.as_mut(), self.writer.as_mut()) else {
             return Err(Error::Config(
                 "internal: DistillLoss used before begin() (train it with train_moe)".into(),
@@ -143,17 +197,50 @@ impl MoeLoss for DistillLoss {
         let planned =
             (!strategy.needs_losses()).then(|| strategy.weights(step, f64::NAN, f64::NAN));
         let kd = if planned.is_none_or(|(_, b)| b != 0.0) {
-            let t = tch::no_grad(|| self.teacher.forward(Gpt2Input::ids(ids)))?.logits;
-            Some(
-                kd_loss(
-                    self.kind,
-                    logits,
-                    Teacher::Logits(&t),
-                    None,
-                    self.temperature,
-                )?
-                .loss,
-            )
+            let out = match &self.teacher {
+                TeacherImpl::Online { model, .. } => {
+                    let t = tch::no_grad(|| model.forward(Gpt2Input::ids(ids)))?.logits;
+                    kd_loss(
+                        self.kind,
+                        logits,
+                        Teacher::Logits(&t),
+                        None,
+                        self.temperature,
+                    )?
+                }
+                TeacherImpl::Cache(cache) => {
+                    let refs = items
+                        .iter()
+                        .map(|r| {
+                            self.domains
+                                .get(r.domain)
+                                .map(|d| (d.as_str(), r.index))
+                                .ok_or_else(|| {
+                                    Error::Config(format!(
+                                        "internal: batch item of unknown domain {}",
+                                        r.domain
+                                    ))
+                                })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    if refs.len() as i64 != ids.size()[0] {
+                        return Err(Error::Config(format!(
+                            "internal: {} batch items for {} rows (the teacher cache needs the batch's sequences)",
+                            refs.len(),
+                            ids.size()[0]
+                        )));
+                    }
+                    let sp = cache.rows(&self.split, &refs, logits.device())?;
+                    kd_loss(
+                        self.kind,
+                        logits,
+                        Teacher::TopK(&sp),
+                        None,
+                        self.temperature,
+                    )?
+                }
+            };
+            Some(out.loss)
         } else {
             None
         };

@@ -8,18 +8,23 @@
 //! the common expert (MoE-CE), are trained on every batch. With `grad_accum > 1`,
 //! the experts of all micro-batches of a step are trainable in that step.
 //!
-//! Loss: [`MoeLoss`] gets `(logits, ids, domain)` and returns the scalar loss.
+//! Loss: [`MoeLoss`] gets `(logits, ids, domain, items)` (`items`: the batch's
+//! sequences, row order, as [`SeqRef`]s into the source's domains) and returns the
+//! scalar loss.
 //! [`CrossEntropy`] is the next-token loss on the data; the method's knowledge
 //! distillation from the teacher is [`crate::kd::DistillLoss`] (mome-distill's
 //! `alpha * CE + beta * KD` against a frozen teacher). Any closure
-//! `FnMut(&Tensor, &Tensor, usize) -> Result<Tensor>` is a [`MoeLoss`] too.
+//! `FnMut(&Tensor, &Tensor, usize) -> Result<Tensor>` (logits, ids, domain) is a
+//! [`MoeLoss`] too.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::rc::Rc;
 
 use mome_core::data::ShardBatches;
 use mome_core::trainer::{BatchSource, TrainConfig, TrainSummary, Trainer};
+use mome_data::sampler::SeqRef;
+use mome_data::shards::ShardSet;
 use tch::{nn, Tensor};
 
 use crate::config::{Arch, ExpertId, Setting};
@@ -38,12 +43,25 @@ pub struct LossContext<'a> {
     pub resumed: bool,
     /// The training settings (steps, accumulation, logging).
     pub train: &'a TrainConfig,
+    /// The training shards.
+    pub shards: &'a ShardSet,
+    /// The split training reads.
+    pub split: &'a str,
+    /// The source's domains, in order ([`SeqRef::domain`] indexes them).
+    pub domains: &'a [String],
 }
 
 /// The training loss of one batch of a known domain.
 pub trait MoeLoss {
-    /// `logits` `[B, T, V]` fp32, `ids` `[B, T]`, `domain` the expert index.
-    fn loss(&mut self, logits: &Tensor, ids: &Tensor, domain: usize) -> Result<Tensor>;
+    /// `logits` `[B, T, V]` fp32, `ids` `[B, T]`, `domain` the expert index,
+    /// `items` the batch's sequences in row order ([`LossContext::domains`]).
+    fn loss(
+        &mut self,
+        logits: &Tensor,
+        ids: &Tensor,
+        domain: usize,
+        items: &[SeqRef],
+    ) -> Result<Tensor>;
     /// Called once by [`train_moe`] after the trainer is set up (and a checkpoint
     /// restored), before the first batch. The default does nothing.
     fn begin(&mut self, _ctx: &LossContext<'_>) -> Result<()> {
@@ -52,7 +70,13 @@ pub trait MoeLoss {
 }
 
 impl<F: FnMut(&Tensor, &Tensor, usize) -> Result<Tensor>> MoeLoss for F {
-    fn loss(&mut self, logits: &Tensor, ids: &Tensor, domain: usize) -> Result<Tensor> {
+    fn loss(
+        &mut self,
+        logits: &Tensor,
+        ids: &Tensor,
+        domain: usize,
+        _items: &[SeqRef],
+    ) -> Result<Tensor> {
         self(logits, ids, domain)
     }
 }
@@ -62,16 +86,24 @@ impl<F: FnMut(&Tensor, &Tensor, usize) -> Result<Tensor>> MoeLoss for F {
 pub struct CrossEntropy;
 
 impl MoeLoss for CrossEntropy {
-    fn loss(&mut self, logits: &Tensor, ids: &Tensor, _domain: usize) -> Result<Tensor> {
+    fn loss(
+        &mut self,
+        logits: &Tensor,
+        ids: &Tensor,
+        _domain: usize,
+        _items: &[SeqRef],
+    ) -> Result<Tensor> {
         Ok(mome_experts::causal_lm_loss(logits, ids, None)?)
     }
 }
 
-/// Wraps [`ShardBatches`] and publishes each batch's domain (as an expert index).
+/// Wraps [`ShardBatches`] and publishes each batch's domain (as an expert index)
+/// and sequences.
 struct DomainSource {
     inner: ShardBatches,
     to_expert: Vec<usize>,
     last: Rc<Cell<Option<usize>>>,
+    items: Rc<RefCell<Vec<SeqRef>>>,
 }
 
 impl BatchSource for DomainSource {
@@ -83,6 +115,9 @@ impl BatchSource for DomainSource {
             )
         })?;
         self.last.set(Some(self.to_expert[d]));
+        let mut items = self.items.borrow_mut();
+        items.clear();
+        items.extend_from_slice(self.inner.last_items());
         Ok(b)
     }
     fn state(&self) -> serde_json::Value {
@@ -158,12 +193,17 @@ pub fn train_moe(
         start_step: trainer.step(),
         resumed: trainer.resumed_from().is_some(),
         train: &train_cfg,
+        shards: source.shards(),
+        split: source.split(),
+        domains: source.domains(),
     })?;
     let last = Rc::new(Cell::new(None));
+    let items = Rc::new(RefCell::new(Vec::new()));
     let mut src = DomainSource {
         inner: source,
         to_expert,
         last: last.clone(),
+        items: items.clone(),
     };
     let n = model.domains().len();
     let mut calls = 0u64;
@@ -183,7 +223,7 @@ pub fn train_moe(
         let b = ids.size()[0] as usize;
         let choices = vec![ExpertChoice::label(d, n); b];
         let out = model.forward_resolved(ids, &choices, &setting, true)?;
-        Ok(loss.loss(&out.logits, ids, d)?)
+        Ok(loss.loss(&out.logits, ids, d, &items.borrow())?)
     };
     let config_json = serde_json::to_vec_pretty(model.config())?;
     let result = trainer.run(

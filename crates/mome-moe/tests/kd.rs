@@ -1,11 +1,15 @@
 //! KD in MoE training: a JEET run against a tiny random teacher logs the KD loss and
-//! alpha per step, and matches mome-distill's loss.
+//! alpha per step, and matches mome-distill's loss; a top-K teacher cache gives the
+//! online teacher's KD and is checked against the shards up front.
 
 use mome_core::data::ShardBatches;
 use mome_core::trainer::TrainConfig;
 use mome_data::sampler::{SamplerConfig, SamplerKind};
 use mome_data::shards::{ShardSet, ShardWriter};
-use mome_distill::{DistillSettings, KdLoss, StrategyConfig, TeacherSection};
+use mome_distill::{
+    build_cache, CacheBuildOptions, DistillSettings, KdLoss, StrategyConfig, TeacherSection,
+    ValueDtype,
+};
 use mome_experts::{Gpt2Config, Gpt2LmHeadModel};
 use mome_moe::{train_moe, Arch, DistillLoss, MoeConfig, MoeModel, RunOptions};
 use tch::{nn, Device};
@@ -28,12 +32,16 @@ fn shape() -> Gpt2Config {
 }
 
 fn shards(dir: &std::path::Path) -> ShardSet {
+    shards_salted(dir, 0)
+}
+
+fn shards_salted(dir: &std::path::Path, salt: usize) -> ShardSet {
     let mut w = ShardWriter::new(dir, VOCAB as usize, SEQ, &"cd".repeat(32), 1, 2).unwrap();
     for (k, d) in ["en", "fr"].iter().enumerate() {
         for split in ["train", "validation"] {
             for i in 0..6 {
                 let row: Vec<u32> = (0..SEQ)
-                    .map(|j| ((k * 7 + i + j * (k + 2)) % (VOCAB as usize - 3) + 3) as u32)
+                    .map(|j| ((k * 7 + i + salt + j * (k + 2)) % (VOCAB as usize - 3) + 3) as u32)
                     .collect();
                 w.push_sequence(split, d, &row).unwrap();
             }
@@ -50,6 +58,17 @@ fn run(
     resume: bool,
     steps: u64,
 ) -> Vec<serde_json::Value> {
+    run_in(tmp, "run", strategy, teacher, resume, steps).unwrap()
+}
+
+fn run_in(
+    tmp: &std::path::Path,
+    run_name: &str,
+    strategy: StrategyConfig,
+    teacher: &TeacherSection,
+    resume: bool,
+    steps: u64,
+) -> mome_moe::Result<Vec<serde_json::Value>> {
     let cfg = MoeConfig {
         arch: Arch::Jeet,
         domains: vec!["en".into(), "fr".into()],
@@ -81,7 +100,7 @@ fn run(
     train.quiet = true;
     train.log_every = 1;
     train.checkpoint_every = 2;
-    let run_dir = tmp.join("run");
+    let run_dir = tmp.join(run_name);
     train_moe(
         &model,
         &vs,
@@ -93,13 +112,14 @@ fn run(
         },
         &mut loss,
         None,
+    )?;
+    Ok(
+        std::fs::read_to_string(run_dir.join(mome_distill::DISTILL_METRICS))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
     )
-    .unwrap();
-    std::fs::read_to_string(run_dir.join(mome_distill::DISTILL_METRICS))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]
@@ -166,7 +186,7 @@ fn kd_run_logs_kd_loss_and_alpha_and_resumes() {
     assert_eq!(lines[1]["alpha"], 0.0);
     assert!(lines[1]["kd"].as_f64().unwrap() > 0.0);
 
-    // A teacher cache or a missing teacher is an error up front.
+    // A missing teacher cache or a missing teacher is an error up front.
     let settings = DistillSettings::default();
     let cache = TeacherSection {
         dir: None,
@@ -181,4 +201,106 @@ fn kd_run_logs_kd_loss_and_alpha_and_resumes() {
     other.vocab_size = VOCAB + 1;
     let e = DistillLoss::new(&teacher, &settings, &other, Device::Cpu).unwrap_err();
     assert!(e.to_string().contains("vocabulary"), "{e}");
+}
+
+#[test]
+fn kd_from_teacher_cache_matches_online_teacher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards_dir = tmp.path().join("shards");
+    shards(&shards_dir);
+    tch::manual_seed(9);
+    let tvs = nn::VarStore::new(Device::Cpu);
+    let t = Gpt2LmHeadModel::new(&tvs.root(), &shape()).unwrap();
+    let tdir = tmp.path().join("teacher");
+    t.save_pretrained(&tdir).unwrap();
+    let cdir = tmp.path().join("cache");
+    let opts = CacheBuildOptions {
+        top_k: VOCAB as usize,
+        temperature: 2.0,
+        value_dtype: ValueDtype::F16,
+        splits: vec!["train".into()],
+        batch_size: 4,
+        ..Default::default()
+    };
+    build_cache(&tdir, &shards_dir, &cdir, &opts, Device::Cpu).unwrap();
+
+    let online = TeacherSection {
+        dir: Some(tdir.clone()),
+        cache: None,
+        bf16: false,
+    };
+    let cached = TeacherSection {
+        dir: None,
+        cache: Some(cdir.clone()),
+        bf16: false,
+    };
+    let both = TeacherSection {
+        dir: Some(tdir.clone()),
+        cache: Some(cdir.clone()),
+        bf16: false,
+    };
+    let strategy = StrategyConfig::Fixed { alpha: 0.25 };
+    let a = run_in(tmp.path(), "online", strategy.clone(), &online, false, 4).unwrap();
+    let b = run_in(tmp.path(), "cached", strategy.clone(), &cached, false, 4).unwrap();
+    let c = run_in(tmp.path(), "both", strategy.clone(), &both, false, 4).unwrap();
+    assert_eq!(a.len(), 4);
+    assert_eq!(b.len(), 4);
+    assert_eq!(c.len(), 4);
+    for ((la, lb), lc) in a.iter().zip(&b).zip(&c) {
+        assert_eq!(lb["kind"], "distill");
+        assert_eq!(la["step"], lb["step"]);
+        assert_eq!(la["domain"], lb["domain"]);
+        assert_eq!(lb["alpha"], 0.25);
+        let (ka, kb, kc) = (
+            la["kd"].as_f64().unwrap(),
+            lb["kd"].as_f64().unwrap(),
+            lc["kd"].as_f64().unwrap(),
+        );
+        assert!(kb.is_finite() && kb > 0.0, "{lb}");
+        // top_k = vocab: only the f16 rounding of the stored log-probs differs
+        // (about 1e-3 absolute on log-probs near -ln(vocab)).
+        assert!((ka - kb).abs() < 5e-4 + 2e-2 * ka, "{ka} vs {kb}");
+        assert!((kb - kc).abs() < 5e-4 + 2e-2 * kb, "{kb} vs {kc}");
+        let (ca, cb) = (la["ce"].as_f64().unwrap(), lb["ce"].as_f64().unwrap());
+        assert!((ca - cb).abs() < 1e-2 * ca, "{ca} vs {cb}");
+    }
+
+    // Checked against the shards before any step: other shards are an error.
+    let tmp2 = tempfile::tempdir().unwrap();
+    shards_salted(&tmp2.path().join("shards"), 1);
+    let e = run_in(tmp2.path(), "run", strategy.clone(), &cached, false, 2).unwrap_err();
+    assert!(e.to_string().contains("shards"), "{e}");
+    assert!(!tmp2
+        .path()
+        .join("run")
+        .join(mome_distill::DISTILL_METRICS)
+        .exists());
+
+    // ... and against the vocabulary, the temperature and the teacher.
+    let settings = DistillSettings {
+        loss: KdLoss::ForwardKl,
+        temperature: 2.0,
+        strategy,
+    };
+    let mut other = shape();
+    other.vocab_size = VOCAB + 1;
+    let e = DistillLoss::new(&cached, &settings, &other, Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("vocabulary"), "{e}");
+    let t1 = DistillSettings {
+        temperature: 1.0,
+        ..settings.clone()
+    };
+    let e = DistillLoss::new(&cached, &t1, &shape(), Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("temperature"), "{e}");
+    tch::manual_seed(10);
+    let tvs2 = nn::VarStore::new(Device::Cpu);
+    let t2 = Gpt2LmHeadModel::new(&tvs2.root(), &shape()).unwrap();
+    let tdir2 = tmp.path().join("teacher2");
+    t2.save_pretrained(&tdir2).unwrap();
+    let wrong = TeacherSection {
+        dir: Some(tdir2),
+        cache: Some(cdir),
+        bf16: false,
+    };
+    assert!(DistillLoss::new(&wrong, &settings, &shape(), Device::Cpu).is_err());
 }
