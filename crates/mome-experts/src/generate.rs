@@ -175,7 +175,14 @@ fn sample(logits: &Tensor, cfg: &GenerationConfig, rng: &mut ChaCha8Rng) -> Resu
     Ok(out)
 }
 
-fn choose(logits: &Tensor, cfg: &GenerationConfig, rng: &mut ChaCha8Rng) -> Result<Vec<i64>> {
+/// The next token of each row of `[B, V]` fp32 logits: argmax when
+/// `cfg.temperature == 0`, otherwise temperature, top-k and top-p then one draw per
+/// row from `rng`. [`generate`] and the MoE's generation both decode with it.
+pub fn next_tokens(
+    logits: &Tensor,
+    cfg: &GenerationConfig,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<i64>> {
     if cfg.temperature == 0.0 {
         Ok(Vec::<i64>::try_from(
             &logits.argmax(-1, false).to_device(tch::Device::Cpu),
@@ -249,7 +256,7 @@ pub fn generate(
         )?;
         let mut logits = first.logits.select(1, li - 1);
         for step in 0..cfg.max_new_tokens {
-            let next = choose(&logits, cfg, &mut rng)?;
+            let next = next_tokens(&logits, cfg, &mut rng)?;
             let mut feed = Vec::with_capacity(b);
             for (i, &tok) in next.iter().enumerate() {
                 if done[i] {

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use mome_experts::{GenerationConfig, KvCache};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
@@ -252,7 +252,7 @@ fn generate_group(
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
     for step in 0..cfg.max_new_tokens {
-        let next = choose(&logits, cfg, rng)?;
+        let next = mome_experts::generate::next_tokens(&logits, cfg, rng)?;
         let mut feed = Vec::with_capacity(b);
         for (i, &tok) in next.iter().enumerate() {
             if done[i] {
@@ -273,61 +273,6 @@ fn generate_group(
         let pos = next_pos.shallow_clone();
         next_pos = &next_pos + 1;
         logits = step_logits(model, &sets, &mut caches, &inp, &pos, &mask, n_active)?;
-    }
-    Ok(out)
-}
-
-/// Greedy (temperature 0) or sampled next tokens of `[B, V]` fp32 logits.
-fn choose(logits: &Tensor, cfg: &GenerationConfig, rng: &mut ChaCha8Rng) -> Result<Vec<i64>> {
-    if cfg.temperature == 0.0 {
-        Ok(Vec::<i64>::try_from(
-            &logits.argmax(-1, false).to_device(tch::Device::Cpu),
-        )?)
-    } else {
-        sample(logits, cfg, rng)
-    }
-}
-
-/// Temperature, top-k and top-p on `[B, V]` logits, then one draw per row on the
-/// host (the same procedure as `mome_experts::generate`).
-fn sample(logits: &Tensor, cfg: &GenerationConfig, rng: &mut ChaCha8Rng) -> Result<Vec<i64>> {
-    let v = logits.size()[1];
-    let mut z = logits / cfg.temperature;
-    if cfg.top_k > 0 && (cfg.top_k as i64) < v {
-        let (vals, _) = z.f_topk(cfg.top_k as i64, -1, true, true)?;
-        let kth = vals.narrow(1, cfg.top_k as i64 - 1, 1);
-        z = z.masked_fill(&z.lt_tensor(&kth), f64::NEG_INFINITY);
-    }
-    if cfg.top_p < 1.0 {
-        let (sorted, idx) = z.sort(-1, true);
-        let probs = sorted.softmax(-1, Kind::Float);
-        let before = probs.cumsum(-1, Kind::Float) - &probs;
-        let sorted = sorted.masked_fill(&before.gt(cfg.top_p), f64::NEG_INFINITY);
-        z = z.full_like(f64::NEG_INFINITY).scatter(-1, &idx, &sorted);
-    }
-    let probs = z
-        .softmax(-1, Kind::Float)
-        .to_kind(Kind::Double)
-        .to_device(tch::Device::Cpu);
-    let probs = Vec::<f64>::try_from(&probs.reshape([-1]))?;
-    let mut out = Vec::new();
-    for row in probs.chunks(v as usize) {
-        let total: f64 = row.iter().sum();
-        let u = rng.gen::<f64>() * total;
-        let mut acc = 0.0;
-        let mut pick = None;
-        for (i, &p) in row.iter().enumerate() {
-            if p > 0.0 {
-                acc += p;
-                pick = Some(i);
-                if u < acc {
-                    break;
-                }
-            }
-        }
-        let pick =
-            pick.ok_or_else(|| Error::Input("sampling row has no probability mass".into()))?;
-        out.push(pick as i64);
     }
     Ok(out)
 }
