@@ -2,7 +2,8 @@
 """Reads JSON lines from `mome bench train --json` and scripts/bench_reference.py
 (stdin or files) and prints, per config and mode, tokens/s, MFU and the ratios of
 mome to each reference measured in the same run; then the KD cache/online ratio
-of each implementation, and the `--profile` breakdowns found (mome's phases,
+of each implementation, the MoE-CE / JEET step ratio of each implementation (the
+common expert's cost), and the `--profile` breakdowns found (mome's phases,
 PyTorch's top kernels)."""
 import json, fileinput
 
@@ -29,6 +30,16 @@ if online and cached:
     for i in sorted(set(online) & set(cached)):
         c, o = cached[i]["tokens_per_second"], online[i]["tokens_per_second"]
         print(f"| {i} | {c:.0f} | {o:.0f} | {c / o:.2f}x |")
+
+# MoE-CE (routed + common expert) vs JEET (routed expert only), per implementation.
+jeet = {i: r for (c, m), d in by_cfg.items() if m == "moe-jeet" for i, r in d.items()}
+moece = {i: r for (c, m), d in by_cfg.items() if m == "moe-ce" for i, r in d.items()}
+if jeet and moece:
+    print("\n| impl | JEET tokens/s | MoE-CE tokens/s | MoE-CE / JEET |")
+    print("| --- | ---: | ---: | ---: |")
+    for i in sorted(set(jeet) & set(moece)):
+        j, c = jeet[i]["tokens_per_second"], moece[i]["tokens_per_second"]
+        print(f"| {i} | {j:.0f} | {c:.0f} | {c / j:.2f}x |")
 
 for (cfg, mode), impls in by_cfg.items():
     for name, r in impls.items():

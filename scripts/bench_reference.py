@@ -16,6 +16,21 @@ Modes (the config's `[bench] mode`, or `--mode`), as in `mome bench train`:
   kd-cache   the same student step against a top-K teacher read from host memory
              (synthetic ids int32 + log-probs fp16, [rows, T, K], copied to the GPU
              every step), with the same K+1-bucket forward KL as mome-distill.
+  moe-jeet   the JEET step of `mome moe train` (method section 6): one shared token +
+             position embedding and one shared LM head (separate Linear(d -> V) unless
+             [model] tie_word_embeddings = true), one stack of transformers GPT2Block
+             + its own final LayerNorm per domain expert (`[bench] domains`, default
+             en fr de py; the shape of [model]), fed the shared embeddings. Each
+             micro-batch holds one domain, round-robin (the blocks sampler), routed
+             by label: sequences are grouped by expert, each expert runs once on its
+             group, the outputs are averaged per sequence (fp32), then the head and
+             next-token CE. Only the routed domain experts of the step train, the
+             others get requires_grad_(False) (no grad: fused AdamW and clipping skip
+             them); embedding and head train every step.
+  moe-ce     the same with the common expert (same shape), trained on every batch;
+             the hidden state is the mean of the routed and the common expert.
+             With --compile, each expert stack, the embedding and the head + loss
+             are compiled separately (the grouping by label stays eager).
 `--profile` runs 3 more steps under torch.profiler and prints its top-15 CUDA
 kernel table to stderr; the JSON gets the same rows as "profile_top_kernels".
 """
@@ -24,6 +39,7 @@ import argparse, json, math, sys, time, tomllib
 import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
 PRESETS = {
     "teacher-medium": dict(n_layer=24, n_embd=1024, n_head=16),
@@ -40,15 +56,98 @@ def hf_config(table, vocab):
     shape = dict(PRESETS[m.pop("preset", "student-3l")])
     shape.update({k: v for k, v in m.items() if k in ("n_layer", "n_embd", "n_head", "n_positions")})
     n_pos = shape.pop("n_positions", 1024)
-    return GPT2Config(vocab_size=vocab, n_positions=n_pos, resid_pdrop=0.1,
-                      embd_pdrop=0.1, attn_pdrop=0.1, layer_norm_epsilon=1e-5,
-                      bos_token_id=1, eos_token_id=2, **shape)
+    extra = {k: m.get(k, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
+    extra["tie_word_embeddings"] = bool(m.get("tie_word_embeddings", True))
+    hf = GPT2Config(vocab_size=vocab, n_positions=n_pos, layer_norm_epsilon=1e-5,
+                    bos_token_id=1, eos_token_id=2, **extra, **shape)
+    hf._attn_implementation = "sdpa"
+    return hf
 
 
 def flops_per_token(model, hf, seq, vocab):
     n_total = sum(p.numel() for p in model.parameters())
     n_emb = model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
     return 6 * (n_total - n_emb + vocab * hf.n_embd) + 12 * hf.n_layer * seq * hf.n_embd
+
+
+class ExpertStack(torch.nn.Module):
+    """One MoE expert: GPT2Blocks + its final LayerNorm, fed the shared embeddings."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.h = torch.nn.ModuleList([GPT2Block(hf, layer_idx=i) for i in range(hf.n_layer)])
+        self.ln_f = torch.nn.LayerNorm(hf.n_embd, eps=hf.layer_norm_epsilon)
+
+    def forward(self, x):
+        for block in self.h:
+            x = block(x)  # no mask: SDPA with is_causal
+            if isinstance(x, tuple):  # transformers < 5 returns a tuple
+                x = x[0]
+        return self.ln_f(x)
+
+
+class MoeModel(torch.nn.Module):
+    """mome-moe's JEET / MoE-CE model: shared wte/wpe (+ dropout), one ExpertStack per
+    domain (+ common), shared LM head (separate unless tied); the hidden state of a
+    sequence is the mean of its active experts' outputs (fp32), then the head."""
+
+    def __init__(self, hf, domains, common, compile_parts=False):
+        super().__init__()
+        V, d = hf.vocab_size, hf.n_embd
+        self.wte = torch.nn.Embedding(V, d)
+        self.wpe = torch.nn.Embedding(hf.n_positions, d)
+        self.drop = torch.nn.Dropout(hf.embd_pdrop)
+        self.experts = torch.nn.ModuleList([ExpertStack(hf) for _ in domains])
+        self.common = ExpertStack(hf) if common else None
+        self.lm_head = torch.nn.Linear(d, V, bias=False)
+        for mod in self.modules():
+            if isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)):
+                torch.nn.init.normal_(mod.weight, std=hf.initializer_range)
+        if hf.tie_word_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.V = V
+        c = torch.compile if compile_parts else (lambda f: f)
+        self.run_expert = [c(e) for e in self.experts]
+        self.run_common = c(self.common) if common else None
+        self.run_embed = c(self._embed)
+        self.run_head_loss = c(self._head_loss)
+
+    def _embed(self, ids):
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        return self.drop(self.wte(ids) + self.wpe(pos))
+
+    def _head_loss(self, h_sum, inv, ids):
+        logits = self.lm_head(h_sum * inv)
+        # next-token CE as transformers' ForCausalLMLoss: fp32 logits, shifted labels
+        # padded with -100 (mean over the B*(T-1) real targets)
+        labels = F.pad(ids[:, 1:], (0, 1), value=-100)
+        return F.cross_entropy(logits.float().view(-1, self.V), labels.reshape(-1), ignore_index=-100)
+
+    def stack_parameters(self):
+        return sum(p.numel() for p in self.experts[0].parameters())
+
+    def forward_loss(self, ids, labels):
+        """`labels`: the routed domain expert of each row (host list)."""
+        B = ids.shape[0]
+        x = self.run_embed(ids)
+        groups = {}
+        for i, l in enumerate(labels):
+            groups.setdefault(l, []).append(i)
+        runs = [(self.run_expert[l], rows) for l, rows in sorted(groups.items())]
+        if self.run_common is not None:
+            runs.append((self.run_common, list(range(B))))
+        h_sum = None
+        for run, rows in runs:
+            if len(rows) == B:
+                out = run(x).float()
+            else:
+                idx = torch.tensor(rows, device=ids.device)
+                out = torch.zeros(x.shape, dtype=torch.float32, device=ids.device).index_add(
+                    0, idx, run(x.index_select(0, idx)).float())
+            h_sum = out if h_sum is None else h_sum + out
+        # every row has the same number of active experts here (routed + common)
+        inv = 1.0 / (1 + (self.run_common is not None))
+        return self.run_head_loss(h_sum, inv, ids)
 
 
 def kd_dense(s_logits, t_logits, T):
@@ -75,7 +174,7 @@ def kd_topk(s_logits, ids, logp, T):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)
-    ap.add_argument("--mode", choices=["lm", "kd-online", "kd-cache"])
+    ap.add_argument("--mode", choices=["lm", "kd-online", "kd-cache", "moe-jeet", "moe-ce"])
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--vocab-size", type=int, default=32000)
@@ -99,7 +198,12 @@ def main():
     cuda = dev.type == "cuda"
     bf16 = bf16 and cuda
     torch.backends.cuda.matmul.allow_tf32 = False
-    model = GPT2LMHeadModel._from_config(hf, attn_implementation="sdpa").to(dev).train()
+    moe = mode in ("moe-jeet", "moe-ce")
+    domains = list(bench.get("domains", ["en", "fr", "de", "py"]))
+    if moe:
+        model = MoeModel(hf, domains, mode == "moe-ce", compile_parts=a.compile).to(dev).train()
+    else:
+        model = GPT2LMHeadModel._from_config(hf, attn_implementation="sdpa").to(dev).train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n and "wpe" not in n)]
     opt = torch.optim.AdamW(
@@ -107,7 +211,7 @@ def main():
          {"params": no_decay, "weight_decay": 0.0}],
         lr=opt_cfg.get("lr", 1e-3), betas=tuple(opt_cfg.get("betas", (0.9, 0.999))),
         eps=opt_cfg.get("eps", 1e-8), fused=cuda)
-    fwd = torch.compile(model) if a.compile else model
+    fwd = torch.compile(model) if a.compile and not moe else model
     b = a.batch_size or cfg["data"]["batch_size"]
     accum = train.get("grad_accum", 1)
     clip = train.get("clip_grad_norm")
@@ -115,7 +219,12 @@ def main():
     T = float(bench.get("temperature", 2.0))
     strat = bench.get("strategy", {"kind": "fixed", "alpha": 0.5})
     alpha = float(strat.get("alpha", 0.5))
-    fpt = flops_per_token(model, hf, n_pos, V)
+    if moe:
+        # only what runs forward + backward: A active stacks (1 JEET, 2 MoE-CE) + the head
+        A = 1 + (mode == "moe-ce")
+        fpt = 6 * (A * model.stack_parameters() + V * hf.n_embd) + 12 * A * hf.n_layer * n_pos * hf.n_embd
+    else:
+        fpt = flops_per_token(model, hf, n_pos, V)
     teacher = tfwd = None
     teacher_params = None
     if mode == "kd-online":
@@ -133,12 +242,35 @@ def main():
         cache = (torch.randint(0, V, (rows, n_pos, K), dtype=torch.int32),
                  (u / u.sum(-1, keepdim=True) * 0.9).log().half())
     cursor = [0]
+    micro = [0]
 
     def sync():
         if cuda:
             torch.cuda.synchronize()
 
+    def moe_step():
+        total = torch.zeros((), device=dev)
+        this_step = set()
+        for ids in batches:
+            d = micro[0] % len(domains)  # blocks sampler: one domain per micro-batch, round-robin
+            micro[0] += 1
+            this_step.add(d)
+            for i, e in enumerate(model.experts):
+                e.requires_grad_(i in this_step)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model.forward_loss(ids, [d] * ids.shape[0])
+            loss = loss / accum
+            loss.backward()
+            total += loss.detach()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return total
+
     def step():
+        if moe:
+            return moe_step()
         total = torch.zeros((), device=dev)
         for ids in batches:
             t_logits = sp = None
@@ -191,6 +323,11 @@ def main():
         "final_loss": float(last),
         "torch": torch.__version__,
     }
+    if moe:
+        report["moe"] = {"arch": "jeet" if mode == "moe-jeet" else "moe-ce", "domains": domains,
+                         "common_expert": mode == "moe-ce", "active_stacks": A,
+                         "stack_parameters": model.stack_parameters(),
+                         "tie_word_embeddings": hf.tie_word_embeddings}
     if a.profile:
         from torch.profiler import profile, ProfilerActivity
         n = 3

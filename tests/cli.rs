@@ -318,3 +318,73 @@ fn bad_input_gives_clear_errors() {
     let err = run_err(mome().args(["eval", "--device", "tpu", "--model", "x", "--shards", "y"]));
     assert!(err.contains("tpu"), "{err}");
 }
+
+/// `mome bench train`: every mode (LM, KD online, KD from a teacher cache, JEET and
+/// MoE-CE) runs on the tiny CPU config and prints a sane JSON report with its
+/// `--profile` phases.
+#[test]
+fn bench_train_every_mode_runs_on_cpu() {
+    let cfg = repo().join("configs/bench/tiny-cpu.toml");
+    for mode in ["lm", "kd-online", "kd-cache", "moe-jeet", "moe-ce"] {
+        let out = run_ok(
+            mome()
+                .args(["bench", "train", "--config"])
+                .arg(&cfg)
+                .args(["--vocab-size", "512", "--mode", mode])
+                .args([
+                    "--warmup",
+                    "1",
+                    "--steps",
+                    "2",
+                    "--profile",
+                    "--profile-steps",
+                    "1",
+                ])
+                .arg("--json"),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let r: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{mode}: not JSON ({e}): {stdout}"));
+        assert_eq!(r["implementation"], "mome", "{r}");
+        assert_eq!(r["mode"], mode, "{r}");
+        assert_eq!(r["batch"], 4, "{r}");
+        assert_eq!(r["seq_len"], 64, "{r}");
+        assert_eq!(r["vocab_size"], 512, "{r}");
+        for key in [
+            "tokens_per_second",
+            "step_seconds",
+            "flops_per_token",
+            "mfu",
+        ] {
+            let v = r[key].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v > 0.0, "{mode}: {key} = {v}");
+        }
+        assert!(r["final_loss"].as_f64().is_some_and(f64::is_finite), "{r}");
+        let phases: Vec<&str> = r["profile"]["phases"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{mode}: no profile: {r}"))
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            phases.contains(&"backward") && phases.contains(&"optimizer"),
+            "{phases:?}"
+        );
+        if let Some(common) = mode.strip_prefix("moe-").map(|a| a == "ce") {
+            let moe = &r["moe"];
+            assert_eq!(moe["common_expert"], common, "{r}");
+            assert_eq!(moe["domains"].as_array().unwrap().len(), 4, "{r}");
+            // the tiny expert shape: 2 layers, d = 64, vocab 512, 64 positions, tied head
+            let stack = moe["stack_parameters"].as_i64().unwrap();
+            let stacks = 4 + i64::from(common);
+            assert_eq!(r["parameters"], stacks * stack + 512 * 64 + 64 * 64, "{r}");
+            // FLOPs of the active stacks (1 or 2) and the head only
+            let a = 1 + i64::from(common);
+            let f = 6 * (a * stack + 512 * 64) + 12 * a * 2 * 64 * 64;
+            assert_eq!(r["flops_per_token"].as_f64().unwrap(), f as f64, "{r}");
+            assert!(phases.contains(&"moe_forward"), "{phases:?}");
+        } else {
+            assert!(r["moe"].is_null(), "{r}");
+        }
+    }
+}

@@ -18,6 +18,18 @@
 //!   step ahead, in step order, and the host-to-device copy is non-blocking, so the
 //!   read of step k+1 overlaps the compute of step k; every step still reads its
 //!   own rows from the on-disk cache.
+//! * `moe-jeet` / `moe-ce`: one training step of `mome moe train` (JEET, or MoE-CE
+//!   with its common expert) on a [`MoeModel`] built from the config's `[model]` (the
+//!   shape of every expert) and `[bench] domains`: the shared token/position
+//!   embedding, the domain experts (+ the common expert), the shared LM head. As
+//!   with the `blocks` sampler, every micro-batch holds one domain, round-robin over
+//!   the domains (micro-batch `c` is domain `c mod N`); its sequences are routed by
+//!   label ([`ExpertChoice::label`]) under the routed setting, only that domain's
+//!   expert is trainable among the domain experts (the others are frozen with
+//!   `set_requires_grad(false)`, which AdamW skips), and the loss is
+//!   [`mome_moe::CrossEntropy`] (the loss of `mome moe train` without a teacher),
+//!   then the gradient norm, clipping, AdamW and zeroing exactly as mome-core's
+//!   trainer does them.
 //!
 //! Tokens are random (`randint(vocab)`), so no shards are needed.
 //!
@@ -38,6 +50,10 @@ use mome_distill::cache::{CacheDomain, CacheManifest, IdDtype, TeacherCache, Val
 use mome_distill::losses::{kd_loss, kd_loss_chunked, KdLoss, SparseTeacher, Teacher};
 use mome_distill::strategy::{StrategyConfig, WeightStrategy};
 use mome_experts::{causal_lm_loss, Gpt2Config, Gpt2Input, Gpt2LmHeadModel};
+use mome_moe::{
+    Arch, CrossEntropy, ExpertChoice, ExpertId, MoeConfig, MoeLoss, MoeModel, ResolvedSetting,
+    Setting,
+};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -65,6 +81,10 @@ pub enum BenchMode {
     KdOnline,
     /// Distillation step, teacher top-K read from a (synthetic) teacher cache.
     KdCache,
+    /// JEET step of `mome moe train` (shared embedding + head, routed expert trained).
+    MoeJeet,
+    /// MoE-CE step of `mome moe train` (JEET + the common expert, trained every batch).
+    MoeCe,
 }
 
 impl BenchMode {
@@ -73,6 +93,17 @@ impl BenchMode {
             BenchMode::Lm => "lm",
             BenchMode::KdOnline => "kd-online",
             BenchMode::KdCache => "kd-cache",
+            BenchMode::MoeJeet => "moe-jeet",
+            BenchMode::MoeCe => "moe-ce",
+        }
+    }
+
+    /// The MoE architecture of the MoE modes.
+    fn moe_arch(self) -> Option<Arch> {
+        match self {
+            BenchMode::MoeJeet => Some(Arch::Jeet),
+            BenchMode::MoeCe => Some(Arch::MoeCe),
+            _ => None,
         }
     }
 }
@@ -89,12 +120,15 @@ fn default_kd_chunk() -> i64 {
 fn default_cache_rows() -> usize {
     64
 }
+fn default_domains() -> Vec<String> {
+    ["en", "fr", "de", "py"].map(String::from).to_vec()
+}
 
 /// `[bench]`: what the bench adds to a `mome train` config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BenchSection {
-    /// lm | kd-online | kd-cache
+    /// lm | kd-online | kd-cache | moe-jeet | moe-ce
     #[serde(default)]
     pub mode: BenchMode,
     /// The teacher's `[model]`-style table (KD modes; default teacher-medium).
@@ -121,6 +155,9 @@ pub struct BenchSection {
     /// Sequences in the synthetic teacher cache (read round-robin).
     #[serde(default = "default_cache_rows")]
     pub cache_rows: usize,
+    /// The domain experts of the MoE modes, in expert order (default en, fr, de, py).
+    #[serde(default = "default_domains")]
+    pub domains: Vec<String>,
 }
 
 fn default_loss() -> KdLoss {
@@ -139,6 +176,7 @@ impl Default for BenchSection {
             top_k: default_top_k(),
             kd_chunk: default_kd_chunk(),
             cache_rows: default_cache_rows(),
+            domains: default_domains(),
         }
     }
 }
@@ -221,13 +259,13 @@ pub struct BenchReport {
     pub implementation: &'static str,
     /// The config file.
     pub config: String,
-    /// lm, kd-online or kd-cache.
+    /// lm, kd-online, kd-cache, moe-jeet or moe-ce.
     pub mode: &'static str,
     /// Device used.
     pub device: String,
     /// fp32 or bf16.
     pub precision: String,
-    /// Parameters (distinct) of the trained model.
+    /// Parameters (distinct) of the trained model (MoE: all experts, embeddings, head).
     pub parameters: i64,
     /// Teacher parameters (KD online), else None.
     pub teacher_parameters: Option<i64>,
@@ -245,6 +283,10 @@ pub struct BenchReport {
     pub tokens_per_second: f64,
     /// Model FLOPs per token: 6·(non-embedding parameters + LM head) + 12·layers·seq_len·d
     /// for the trained model, plus 2·(…) + 4·layers·seq_len·d for an online teacher.
+    /// MoE modes: only what runs forward and backward for a sequence, i.e. its A
+    /// active stacks (A = 1 for JEET, 2 for MoE-CE: routed + common) and the shared
+    /// head: 6·(A·stack parameters + vocab·d) + 12·A·layers·seq_len·d (the frozen
+    /// domain experts do not run; embedding lookups count 0, as for `lm`).
     pub flops_per_token: f64,
     /// Achieved model FLOP/s over `peak_flops`.
     pub mfu: f64,
@@ -256,6 +298,8 @@ pub struct BenchReport {
     pub final_loss: f64,
     /// KD settings (KD modes).
     pub kd: Option<serde_json::Value>,
+    /// MoE settings (MoE modes): arch, domains, common expert, parameter counts.
+    pub moe: Option<serde_json::Value>,
     /// `--profile` result.
     pub profile: Option<ProfileReport>,
 }
@@ -522,6 +566,10 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
         tch::Cuda::cudnn_set_benchmark(true);
     }
     tch::manual_seed(file.train.seed as i64);
+    if let Some(arch) = mode.moe_arch() {
+        let report = run_moe_bench(&a, &file, &bench, arch, device, cfg, seq_len)?;
+        return print_report(&report, a.json);
+    }
     let vs = nn::VarStore::new(device);
     let mut model = Gpt2LmHeadModel::new(&vs.root(), &cfg)?;
     model.set_compute_kind(precision.compute_kind())?;
@@ -533,7 +581,8 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
     let clip = file.train.clip_grad_norm;
 
     let teacher = match mode {
-        BenchMode::Lm => TeacherSide::None,
+        // (The MoE modes returned above.)
+        BenchMode::Lm | BenchMode::MoeJeet | BenchMode::MoeCe => TeacherSide::None,
         BenchMode::KdOnline => {
             let table = bench.teacher.clone().unwrap_or_else(|| {
                 let mut t = toml::Table::new();
@@ -655,69 +704,14 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
         mark(&mut prof, "zero_grad");
         Ok(total)
     };
-    for _ in 0..a.warmup {
-        let _ = step(&mut opt, None)?;
-    }
-    sync(device);
-    let mut peak_mem = gpu_memory_mib();
-    let started = Instant::now();
-    let mut last = Tensor::zeros([], (Kind::Float, device));
-    for _ in 0..a.steps {
-        last = step(&mut opt, None)?;
-    }
-    sync(device);
-    let secs = started.elapsed().as_secs_f64();
-    peak_mem = peak_mem.max(gpu_memory_mib());
-
-    let profile = if a.profile && a.profile_steps > 0 {
-        let mut ph = Phases::new(device);
-        for _ in 0..a.profile_steps {
-            let _ = step(&mut opt, Some(&mut ph))?;
-        }
-        let n = a.profile_steps as f64;
-        let step_ms: f64 = ph.acc.iter().map(|(_, t)| t).sum::<f64>() * 1e3 / n;
-        let phases = ph
-            .acc
-            .iter()
-            .map(|&(name, t)| PhaseTime {
-                name,
-                ms: t * 1e3 / n,
-                pct: if step_ms > 0.0 {
-                    100.0 * t * 1e3 / n / step_ms
-                } else {
-                    0.0
-                },
-            })
-            .collect();
-        let k = precision.compute_kind();
-        let weights: Vec<Tensor> = params
-            .iter()
-            .filter(|p| p.dim() == 2)
-            .map(|p| p.shallow_clone())
-            .collect();
-        let reps = 5;
-        sync(device);
-        let t0 = Instant::now();
-        tch::no_grad(|| {
-            for _ in 0..reps {
-                for w in &weights {
-                    if w.kind() != k {
-                        let _ = w.to_kind(k);
-                    }
-                }
-            }
-        });
-        sync(device);
-        let cast_ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
-        Some(ProfileReport {
-            steps: a.profile_steps,
-            step_ms,
-            phases,
-            weight_cast_probe_ms: cast_ms,
-        })
-    } else {
-        None
-    };
+    let m = measure(
+        &a,
+        device,
+        &mut |p| step(&mut opt, p),
+        &params,
+        precision.compute_kind(),
+    )?;
+    let (secs, peak_mem, last, profile) = (m.secs, m.peak_mem, m.last, m.profile);
 
     let counts = model.param_count();
     let mut flops_per_token = train_flops_per_token(&model, seq_len);
@@ -756,14 +750,113 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
         peak_gpu_memory_mib: peak_mem,
         final_loss: last.double_value(&[]),
         kd,
+        moe: None,
         profile,
     };
     if let TeacherSide::Cache { prefetch, dir } = teacher {
         drop(prefetch);
         let _ = std::fs::remove_dir_all(&dir);
     }
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+    print_report(&report, a.json)
+}
+
+/// What [`measure`] returns.
+struct Measured {
+    /// Seconds of the timed steps.
+    secs: f64,
+    /// Peak GPU memory (MiB, nvidia-smi) seen before and after the timed steps.
+    peak_mem: Option<u64>,
+    /// The loss of the last timed step.
+    last: Tensor,
+    /// `--profile`'s result.
+    profile: Option<ProfileReport>,
+}
+
+/// Runs `--warmup` steps, times `--steps` steps (device synchronised around them),
+/// then, with `--profile`, `--profile-steps` steps with a device sync after each
+/// phase, and the weight-cast probe over the 2-D `params`.
+fn measure(
+    a: &BenchTrainArgs,
+    device: Device,
+    step: &mut dyn FnMut(Option<&mut Phases>) -> Result<Tensor>,
+    params: &[Tensor],
+    compute_kind: Kind,
+) -> Result<Measured> {
+    for _ in 0..a.warmup {
+        let _ = step(None)?;
+    }
+    sync(device);
+    let mut peak_mem = gpu_memory_mib();
+    let started = Instant::now();
+    let mut last = Tensor::zeros([], (Kind::Float, device));
+    for _ in 0..a.steps {
+        last = step(None)?;
+    }
+    sync(device);
+    let secs = started.elapsed().as_secs_f64();
+    peak_mem = peak_mem.max(gpu_memory_mib());
+
+    let profile = if a.profile && a.profile_steps > 0 {
+        let mut ph = Phases::new(device);
+        for _ in 0..a.profile_steps {
+            let _ = step(Some(&mut ph))?;
+        }
+        let n = a.profile_steps as f64;
+        let step_ms: f64 = ph.acc.iter().map(|(_, t)| t).sum::<f64>() * 1e3 / n;
+        let phases = ph
+            .acc
+            .iter()
+            .map(|&(name, t)| PhaseTime {
+                name,
+                ms: t * 1e3 / n,
+                pct: if step_ms > 0.0 {
+                    100.0 * t * 1e3 / n / step_ms
+                } else {
+                    0.0
+                },
+            })
+            .collect();
+        let k = compute_kind;
+        let weights: Vec<Tensor> = params
+            .iter()
+            .filter(|p| p.dim() == 2)
+            .map(|p| p.shallow_clone())
+            .collect();
+        let reps = 5;
+        sync(device);
+        let t0 = Instant::now();
+        tch::no_grad(|| {
+            for _ in 0..reps {
+                for w in &weights {
+                    if w.kind() != k {
+                        let _ = w.to_kind(k);
+                    }
+                }
+            }
+        });
+        sync(device);
+        let cast_ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        Some(ProfileReport {
+            steps: a.profile_steps,
+            step_ms,
+            phases,
+            weight_cast_probe_ms: cast_ms,
+        })
+    } else {
+        None
+    };
+    Ok(Measured {
+        secs,
+        peak_mem,
+        last,
+        profile,
+    })
+}
+
+/// Prints a report as one JSON line, or as text.
+fn print_report(report: &BenchReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     } else {
         println!(
             "{} [{}]: {:.0} tokens/s, {:.1} ms/step, MFU {:.1}% (peak {:.0} TFLOP/s), loss {:.3}",
@@ -787,4 +880,191 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `moe-jeet` / `moe-ce` modes (see the module docs): the step of
+/// `mome_moe::train_moe` with the [`CrossEntropy`] loss, on random tokens, one domain
+/// per micro-batch round-robin (the `blocks` sampler's order), routed by label.
+///
+/// Per micro-batch, as `train_moe`'s loss function: the domain experts of this
+/// optimizer step's micro-batches so far are trainable, the others frozen; the
+/// forward pass is [`MoeModel::forward_resolved`] under the routed setting
+/// ([`Setting::routed`], with the common expert for MoE-CE); the loss goes through
+/// [`MoeLoss::loss`], is divided by `grad_accum` and back-propagated. Per optimizer
+/// step, as mome-core's `Trainer::run`: the gradient norm over every optimizer
+/// parameter, clipping (`clip_grad_norm`), the AdamW step (the flat multi-tensor
+/// update on CUDA where a whole decay group has gradients, per parameter otherwise)
+/// and zeroing. Not included: the trainer's per-step reseeding and its non-finite
+/// watch (a few scalar kernels), and the host-to-device copy of the batch (the
+/// tokens are made on the device, as in the other modes).
+fn run_moe_bench(
+    a: &BenchTrainArgs,
+    file: &TrainFile,
+    bench: &BenchSection,
+    arch: Arch,
+    device: Device,
+    expert: Gpt2Config,
+    seq_len: i64,
+) -> Result<BenchReport> {
+    let precision = file.train.precision;
+    let common = arch == Arch::MoeCe;
+    let mcfg = MoeConfig {
+        arch,
+        domains: bench.domains.clone(),
+        expert,
+        common_expert: common,
+        low_confidence_to_common: true,
+    };
+    mcfg.validate()?;
+    let vs = nn::VarStore::new(device);
+    let mut model = MoeModel::new(&vs.root(), &mcfg)?;
+    model.set_compute_kind(precision.compute_kind())?;
+    // As train_moe: everything trainable when the trainer (and its AdamW) is made.
+    model.set_all_trainable(true);
+    let mut opt = AdamW::new(&vs, file.train.optimizer)?;
+    let params: Vec<Tensor> = opt.params().into_iter().map(|(_, t)| t).collect();
+    let setting = ResolvedSetting::new(&Setting::routed(common), &mcfg)?;
+    let n = mcfg.domains.len();
+    let b = a.batch_size.unwrap_or(file.data.batch_size) as i64;
+    let accum = file.train.grad_accum.max(1) as i64;
+    let lr = file.train.optimizer.lr;
+    let clip = file.train.clip_grad_norm;
+    let vocab = mcfg.expert.vocab_size;
+    let batches: Vec<Tensor> = (0..accum)
+        .map(|_| Tensor::randint(vocab, [b, seq_len], (Kind::Int64, device)))
+        .collect();
+    let mut loss_fn = CrossEntropy;
+    let mut micro = 0usize;
+    let mut step = |mut prof: Option<&mut Phases>| -> Result<Tensor> {
+        if let Some(p) = prof.as_deref_mut() {
+            p.start();
+        }
+        let mut total = Tensor::zeros([], (Kind::Float, device));
+        let mut this_step: Vec<usize> = Vec::new();
+        for ids in &batches {
+            let d = micro % n;
+            micro += 1;
+            if !this_step.contains(&d) {
+                this_step.push(d);
+            }
+            for i in 0..n {
+                model.set_expert_trainable(ExpertId::Domain(i), this_step.contains(&i))?;
+            }
+            mark(&mut prof, "set_trainable");
+            let choices = vec![ExpertChoice::label(d, n); b as usize];
+            let out = model.forward_resolved(ids, &choices, &setting, true)?;
+            mark(&mut prof, "moe_forward");
+            let loss = MoeLoss::loss(&mut loss_fn, &out.logits, ids, d, &[])?;
+            mark(&mut prof, "loss");
+            let loss = loss / accum as f64;
+            loss.backward();
+            mark(&mut prof, "backward");
+            total += loss.detach();
+        }
+        let norm = mome_core::schedule::grad_norm_tensor(&params)?;
+        if let (Some(max), Some(norm)) = (clip, &norm) {
+            mome_core::schedule::clip_grads_with_norm(&params, norm, max)?;
+        }
+        mark(&mut prof, "grad_clip");
+        opt.step(lr)?;
+        mark(&mut prof, "optimizer");
+        opt.zero_grad();
+        mark(&mut prof, "zero_grad");
+        Ok(total)
+    };
+    let m = measure(a, device, &mut step, &params, precision.compute_kind());
+    model.set_all_trainable(true);
+    let m = m?;
+
+    // FLOPs: the active stacks of a sequence (routed expert, + common for MoE-CE)
+    // and the shared head, forward and backward; see `BenchReport::flops_per_token`.
+    let stack_params: i64 = model
+        .stack(ExpertId::Domain(0))?
+        .named_parameters()
+        .iter()
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
+    let active = 1 + i64::from(common);
+    let e = &mcfg.expert;
+    let flops_per_token = 6.0 * (active * stack_params + e.vocab_size * e.n_embd) as f64
+        + 12.0 * (active * e.n_layer * seq_len * e.n_embd) as f64;
+    let mut active_ids = vec![ExpertId::Domain(0)];
+    if common {
+        active_ids.push(ExpertId::Common);
+    }
+    let tokens = (b * accum * seq_len) as f64 * a.steps as f64;
+    let tps = tokens / m.secs;
+    let moe = serde_json::json!({
+        "arch": arch.name(),
+        "domains": mcfg.domains,
+        "common_expert": common,
+        "active_stacks": active,
+        "stack_parameters": stack_params,
+        "active_parameters": model.active_parameters(&active_ids)?,
+        "tie_word_embeddings": e.tie_word_embeddings,
+        "batches": "one domain per micro-batch, round-robin (blocks sampler), routed by label",
+        "loss": "cross_entropy",
+    });
+    Ok(BenchReport {
+        implementation: "mome",
+        config: a.config.display().to_string(),
+        mode: if common { "moe-ce" } else { "moe-jeet" },
+        device: format!("{device:?}"),
+        precision: format!("{precision:?}").to_lowercase(),
+        parameters: model.total_parameters(),
+        teacher_parameters: None,
+        batch: b * accum,
+        seq_len,
+        vocab_size: vocab,
+        steps: a.steps,
+        step_seconds: m.secs / a.steps as f64,
+        tokens_per_second: tps,
+        flops_per_token,
+        mfu: tps * flops_per_token / a.peak_flops,
+        peak_flops: a.peak_flops,
+        peak_gpu_memory_mib: m.peak_mem,
+        final_loss: m.last.double_value(&[]),
+        kd: None,
+        moe: Some(moe),
+        profile: m.profile,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every committed bench config parses, its model shapes are valid, and the MoE
+    /// configs make a valid `MoeConfig` of the paper's sizes.
+    #[test]
+    fn every_bench_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/bench");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let (file, bench) = load_bench_file(&path).unwrap();
+            let cfg = model_config(&file.model, 32000).unwrap();
+            if let Some(arch) = bench.mode.moe_arch() {
+                let m = MoeConfig {
+                    arch,
+                    domains: bench.domains.clone(),
+                    expert: cfg.clone(),
+                    common_expert: arch == Arch::MoeCe,
+                    low_confidence_to_common: true,
+                };
+                m.validate().unwrap();
+                assert_eq!(bench.mode.name(), path.file_stem().unwrap());
+                assert_eq!((cfg.n_layer, cfg.n_embd, cfg.n_positions), (3, 768, 1024));
+                assert_eq!(bench.domains.len(), 4);
+                assert!(!cfg.tie_word_embeddings);
+            }
+            names.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+        }
+        for want in ["moe-jeet", "moe-ce", "tiny-cpu", "student-3l"] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+    }
 }

@@ -331,12 +331,15 @@ fn run_train(a: TrainArgs) -> Result<()> {
                     );
                 }
             }
-            Some(DistillLoss::new(
+            let k = DistillLoss::new(
                 &file.teacher,
                 &file.distill.clone().unwrap_or_default(),
                 &cfg.expert,
                 device,
-            )?)
+            )?;
+            // A cache built for other shards fails here, before the run folder exists.
+            k.check_data(&eval_shards, "train")?;
+            Some(k)
         }
     };
     let mut ce = CrossEntropy;

@@ -114,8 +114,8 @@ fn default_sampler() -> SamplerKind {
     SamplerKind::Mixed
 }
 
-/// `[eval]`
-#[derive(Debug, Deserialize)]
+/// `[eval]` (also each stage's `[*.eval]` in a pipeline config)
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalSection {
     /// Validation sequences per domain at each evaluation (0 = all).
@@ -129,7 +129,7 @@ pub struct EvalSection {
 fn default_eval_max() -> usize {
     64
 }
-fn default_eval_batch() -> usize {
+pub(crate) fn default_eval_batch() -> usize {
     8
 }
 

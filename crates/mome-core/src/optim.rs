@@ -13,7 +13,8 @@
 //! * **Two implementations with identical arithmetic:** [`AdamWImpl::PerParam`]
 //!   (about eight small kernels per parameter, best on the CPU) and
 //!   [`AdamWImpl::Flat`] (a multi-tensor update: the gradients and parameters of a
-//!   group are concatenated into one flat buffer, updated with a handful of kernels
+//!   group (each run of consecutive parameters that have gradients) are concatenated
+//!   into one flat buffer, updated with a handful of kernels
 //!   against flat moment buffers, and copied back; about one kernel per parameter,
 //!   best on CUDA). libtorch's `_fused_adamw_` is not reachable: `tch` 0.24 does not
 //!   generate bindings for `_fused_adam*` / `_foreach_*` and this workspace denies
@@ -348,28 +349,45 @@ impl AdamW {
                 .iter()
                 .map(|&i| Self::active(&self.params[i]))
                 .collect();
-            if flat && grads.iter().all(|x| x.is_some()) {
-                let flat_g: Vec<Tensor> = grads
-                    .iter()
-                    .map(|x| x.as_ref().expect("checked").f_reshape([-1]))
-                    .collect::<std::result::Result<_, _>>()?;
-                let mut gf = Tensor::f_cat(&flat_g, 0)?;
-                if gf.kind() != Kind::Float {
-                    gf = gf.f_to_kind(Kind::Float)?;
-                }
-                let flat_p: Vec<Tensor> = g
-                    .members
-                    .iter()
-                    .map(|&i| self.params[i].tensor.f_reshape([-1]))
-                    .collect::<std::result::Result<_, _>>()?;
-                let mut pf = Tensor::f_cat(&flat_p, 0)?;
-                let (mut m, mut v) = (g.exp_avg.shallow_clone(), g.exp_avg_sq.shallow_clone());
-                update(&mut pf, &gf, &mut m, &mut v, decay, &h)?;
-                for (&i, &off) in g.members.iter().zip(&g.offsets) {
-                    let p = &self.params[i].tensor;
-                    let n = p.numel() as i64;
-                    let mut dst = p.shallow_clone();
-                    dst.f_copy_(&pf.f_narrow(0, off, n)?.f_view(p.size().as_slice())?)?;
+            if flat {
+                // Maximal runs of consecutive active members: their moments are
+                // adjacent in the flat buffers, so each run is one flat update (frozen
+                // experts of a MoE split a group into a few runs).
+                let mut k = 0;
+                while k < grads.len() {
+                    if grads[k].is_none() {
+                        k += 1;
+                        continue;
+                    }
+                    let start = k;
+                    while k < grads.len() && grads[k].is_some() {
+                        k += 1;
+                    }
+                    let run = &g.members[start..k];
+                    let flat_g: Vec<Tensor> = grads[start..k]
+                        .iter()
+                        .map(|x| x.as_ref().expect("active run").f_reshape([-1]))
+                        .collect::<std::result::Result<_, _>>()?;
+                    let mut gf = Tensor::f_cat(&flat_g, 0)?;
+                    if gf.kind() != Kind::Float {
+                        gf = gf.f_to_kind(Kind::Float)?;
+                    }
+                    let flat_p: Vec<Tensor> = run
+                        .iter()
+                        .map(|&i| self.params[i].tensor.f_reshape([-1]))
+                        .collect::<std::result::Result<_, _>>()?;
+                    let mut pf = Tensor::f_cat(&flat_p, 0)?;
+                    let off0 = g.offsets[start];
+                    let len = gf.numel() as i64;
+                    let mut m = g.exp_avg.f_narrow(0, off0, len)?;
+                    let mut v = g.exp_avg_sq.f_narrow(0, off0, len)?;
+                    update(&mut pf, &gf, &mut m, &mut v, decay, &h)?;
+                    for (&i, &off) in run.iter().zip(&g.offsets[start..k]) {
+                        let p = &self.params[i].tensor;
+                        let n = p.numel() as i64;
+                        let mut dst = p.shallow_clone();
+                        dst.f_copy_(&pf.f_narrow(0, off - off0, n)?.f_view(p.size().as_slice())?)?;
+                    }
                 }
             } else {
                 for (&i, grad) in g.members.iter().zip(grads) {
@@ -681,6 +699,58 @@ mod tests {
             assert!(c.equal(&before_c), "gradless param changed ({imp:?})");
             assert!(!a.equal(&before_c), "active param unchanged ({imp:?})");
             let _ = b.set_requires_grad(true);
+        }
+    }
+
+    #[test]
+    fn flat_runs_around_frozen_params_equal_per_param() {
+        // Frozen b and d split the decay group into the runs [a], [c], [e0, e1].
+        let run = |imp: AdamWImpl| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let names = ["a", "b", "c", "d", "e0", "e1"];
+            let ps: Vec<Tensor> = names
+                .iter()
+                .enumerate()
+                .map(|(k, n)| {
+                    let t = (vs.root() / *n).var("weight", &[3], nn::Init::Const(0.0));
+                    tch::no_grad(|| {
+                        t.shallow_clone().copy_(&Tensor::from_slice(&[
+                            0.1 * k as f32,
+                            -0.5,
+                            1.0 + k as f32,
+                        ]))
+                    });
+                    t
+                })
+                .collect();
+            let cfg = AdamWConfig {
+                lr: 0.05,
+                weight_decay: 0.3,
+                ..Default::default()
+            };
+            let mut opt = AdamW::new(&vs, cfg).unwrap().with_impl(imp);
+            let _ = ps[1].set_requires_grad(false);
+            let _ = ps[3].set_requires_grad(false);
+            for step in 0..3 {
+                opt.zero_grad();
+                let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
+                for (k, p) in ps.iter().enumerate() {
+                    let c = Tensor::from_slice(&[1.0f32 + k as f32, -2.0 * step as f32, 0.25]);
+                    loss += (p * c).sum(Kind::Float);
+                }
+                loss.backward();
+                opt.step(0.05).unwrap();
+            }
+            let values: Vec<Vec<f32>> = ps.iter().map(|p| Vec::try_from(p).unwrap()).collect();
+            (values, opt)
+        };
+        let (v1, o1) = run(AdamWImpl::PerParam);
+        let (v2, o2) = run(AdamWImpl::Flat);
+        assert_eq!(v1, v2);
+        assert_eq!(v1[1], vec![0.1, -0.5, 2.0], "frozen b moved");
+        for ((n1, t1), (n2, t2)) in o1.state_tensors().iter().zip(o2.state_tensors().iter()) {
+            assert_eq!(n1, n2);
+            assert!(t1.equal(t2), "{n1}");
         }
     }
 

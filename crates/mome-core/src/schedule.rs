@@ -101,11 +101,15 @@ impl LrSchedule {
 
 /// The total L2 norm of the gradients of `params` as a 0-d fp32 tensor on their
 /// device (squares accumulated in fp32), without a host sync. `None` when no
-/// parameter has a gradient.
+/// parameter has a gradient. Frozen parameters (`requires_grad() == false`, e.g. the
+/// inactive experts of a MoE step) are skipped: their gradients hold no new values.
 pub fn grad_norm_tensor(params: &[Tensor]) -> Result<Option<Tensor>> {
     let _guard = tch::no_grad_guard();
     let mut sq = Vec::new();
     for p in params {
+        if !p.requires_grad() {
+            continue;
+        }
         let g = p.grad();
         if g.defined() {
             sq.push(g.f_to_kind(Kind::Float)?.f_square()?.f_sum(Kind::Float)?);
@@ -122,7 +126,7 @@ pub fn grad_norm_tensor(params: &[Tensor]) -> Result<Option<Tensor>> {
 pub fn clip_grads_with_norm(params: &[Tensor], norm: &Tensor, max_norm: f64) -> Result<()> {
     let _guard = tch::no_grad_guard();
     let coef = (norm.f_add_scalar(1e-6)?.f_reciprocal()? * max_norm).f_clamp_max(1.0)?;
-    for p in params {
+    for p in params.iter().filter(|p| p.requires_grad()) {
         let mut g = p.grad();
         if g.defined() {
             let c = if g.kind() == Kind::Float {

@@ -10,7 +10,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::gpt2::{Gpt2Input, Gpt2LmHeadModel};
@@ -229,61 +229,113 @@ pub fn generate(
     if cfg.max_new_tokens == 0 {
         return Ok(vec![Vec::new(); b]);
     }
-    let device = model.device();
-    let mut ids = Vec::with_capacity(b * max_len);
-    let mut mask = Vec::with_capacity(b * max_len);
-    for p in prompts {
-        let pad = max_len - p.len();
-        ids.extend(std::iter::repeat_n(cfg.pad_token_id, pad).chain(p.iter().copied()));
-        mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, p.len())));
-    }
-    let (bi, li) = (b as i64, max_len as i64);
-    let ids = Tensor::from_slice(&ids).view([bi, li]).to_device(device);
-    let mut mask = Tensor::from_slice(&mask).view([bi, li]).to_device(device);
-    let positions = (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
-    let mut next_pos = positions.narrow(1, li - 1, 1) + 1;
-
+    let refs: Vec<&[i64]> = prompts.iter().map(Vec::as_slice).collect();
+    let batch = PromptBatch::left_padded(&refs, cfg.pad_token_id, model.device());
     tch::no_grad(|| {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let mut cache = KvCache::new(mcfg.n_layer as usize);
-        let mut out = vec![Vec::new(); b];
-        let mut done = vec![false; b];
-        let first = model.forward(
-            Gpt2Input::ids(&ids)
-                .attention_mask(&mask)
-                .position_ids(&positions)
-                .cache(&mut cache),
-        )?;
-        let mut logits = first.logits.select(1, li - 1);
-        for step in 0..cfg.max_new_tokens {
-            let next = next_tokens(&logits, cfg, &mut rng)?;
-            let mut feed = Vec::with_capacity(b);
-            for (i, &tok) in next.iter().enumerate() {
-                if done[i] {
-                    feed.push(cfg.pad_token_id);
-                    continue;
-                }
-                out[i].push(tok);
-                feed.push(tok);
-                if cfg.eos_token_id == Some(tok) {
-                    done[i] = true;
-                }
-            }
-            if step + 1 == cfg.max_new_tokens || done.iter().all(|&d| d) {
-                break;
-            }
-            let inp = Tensor::from_slice(&feed).view([bi, 1]).to_device(device);
-            mask = Tensor::cat(&[&mask, &mask.ones_like().narrow(1, 0, 1)], 1);
-            let pos = next_pos.shallow_clone();
-            next_pos = &next_pos + 1;
+        decode(batch, cfg, &mut rng, |ids, positions, mask| {
             let o = model.forward(
-                Gpt2Input::ids(&inp)
-                    .attention_mask(&mask)
-                    .position_ids(&pos)
+                Gpt2Input::ids(ids)
+                    .attention_mask(mask)
+                    .position_ids(positions)
                     .cache(&mut cache),
             )?;
-            logits = o.logits.select(1, 0);
-        }
-        Ok(out)
+            Ok(o.logits.select(1, -1))
+        })
     })
+}
+
+/// A batch of prompts left-padded to a common length, on a device: ids and attention
+/// mask `[B, L]`, and positions `cumsum(mask) - 1` (every prompt starts at 0).
+#[derive(Debug)]
+pub struct PromptBatch {
+    /// Token ids, padding on the left.
+    pub ids: Tensor,
+    /// 1 for prompt tokens, 0 for padding.
+    pub mask: Tensor,
+    /// Position of each token within its own prompt (0 on padding).
+    pub positions: Tensor,
+}
+
+impl PromptBatch {
+    /// Left-pads `prompts` with `pad_token_id` (callers check that no prompt is empty).
+    pub fn left_padded(prompts: &[&[i64]], pad_token_id: i64, device: Device) -> Self {
+        let b = prompts.len();
+        let max_len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(b * max_len);
+        let mut mask = Vec::with_capacity(b * max_len);
+        for p in prompts {
+            let pad = max_len - p.len();
+            ids.extend(std::iter::repeat_n(pad_token_id, pad).chain(p.iter().copied()));
+            mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, p.len())));
+        }
+        let (bi, li) = (b as i64, max_len as i64);
+        let ids = Tensor::from_slice(&ids).view([bi, li]).to_device(device);
+        let mask = Tensor::from_slice(&mask).view([bi, li]).to_device(device);
+        let positions = (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
+        Self {
+            ids,
+            mask,
+            positions,
+        }
+    }
+}
+
+/// The token-by-token loop every generator shares (the dense one above and the MoE's).
+///
+/// `step(ids, positions, mask)` runs the model and returns the next-token logits
+/// `[B, vocab]` of the last position; it is called once with the whole prompt batch,
+/// then with one token per sequence (the attention mask grows by one column each
+/// time, positions advance by one), so a KV cache lives in the closure. Tokens are
+/// drawn with [`next_tokens`]; a sequence stops at its EOS (later steps feed it
+/// `pad_token_id`), all stop after `max_new_tokens`. Returns the new tokens per prompt.
+pub fn decode<E, F>(
+    batch: PromptBatch,
+    cfg: &GenerationConfig,
+    rng: &mut ChaCha8Rng,
+    mut step: F,
+) -> std::result::Result<Vec<Vec<i64>>, E>
+where
+    E: From<Error>,
+    F: FnMut(&Tensor, &Tensor, &Tensor) -> std::result::Result<Tensor, E>,
+{
+    let PromptBatch {
+        ids,
+        mut mask,
+        positions,
+    } = batch;
+    let b = ids.size()[0];
+    let device = ids.device();
+    let mut out = vec![Vec::new(); b as usize];
+    if cfg.max_new_tokens == 0 || b == 0 {
+        return Ok(out);
+    }
+    let mut done = vec![false; b as usize];
+    let mut next_pos = positions.narrow(1, positions.size()[1] - 1, 1) + 1;
+    let mut logits = step(&ids, &positions, &mask)?;
+    for k in 0..cfg.max_new_tokens {
+        let next = next_tokens(&logits, cfg, rng)?;
+        let mut feed = Vec::with_capacity(b as usize);
+        for (i, &tok) in next.iter().enumerate() {
+            if done[i] {
+                feed.push(cfg.pad_token_id);
+                continue;
+            }
+            out[i].push(tok);
+            feed.push(tok);
+            if cfg.eos_token_id == Some(tok) {
+                done[i] = true;
+            }
+        }
+        if k + 1 == cfg.max_new_tokens || done.iter().all(|&d| d) {
+            break;
+        }
+        let inp = Tensor::from_slice(&feed).view([b, 1]).to_device(device);
+        mask = Tensor::cat(&[&mask, &mask.ones_like().narrow(1, 0, 1)], 1);
+        let pos = next_pos.shallow_clone();
+        next_pos = &next_pos + 1;
+        logits = step(&inp, &pos, &mask)?;
+    }
+    Ok(out)
 }

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 
+use mome_experts::generate::{decode, PromptBatch};
 use mome_experts::{GenerationConfig, KvCache};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -227,52 +228,15 @@ fn generate_group(
     if active.is_empty() {
         return Err(Error::Routing("a prompt has no active expert".into()));
     }
-    let device = model.device();
-    let b = prompts.len();
-    let max_len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(b * max_len);
-    let mut mask = Vec::with_capacity(b * max_len);
-    for p in prompts {
-        let pad = max_len - p.len();
-        ids.extend(std::iter::repeat_n(cfg.pad_token_id, pad).chain(p.iter().copied()));
-        mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, p.len())));
-    }
-    let (bi, li) = (b as i64, max_len as i64);
-    let ids = Tensor::from_slice(&ids).view([bi, li]).to_device(device);
-    let mut mask = Tensor::from_slice(&mask).view([bi, li]).to_device(device);
-    let positions = (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
-    let mut next_pos = positions.narrow(1, li - 1, 1) + 1;
+    let refs: Vec<&[i64]> = prompts.iter().map(|p| p.as_slice()).collect();
+    let batch = PromptBatch::left_padded(&refs, cfg.pad_token_id, model.device());
     let sets = by_embeddings(model, active)?;
     let mut caches: BTreeMap<ExpertId, KvCache> = BTreeMap::new();
     for &id in active {
         caches.insert(id, KvCache::new(model.stack(id)?.n_layer()));
     }
     let n_active = active.len();
-    let mut logits = step_logits(model, &sets, &mut caches, &ids, &positions, &mask, n_active)?;
-    let mut out = vec![Vec::new(); b];
-    let mut done = vec![false; b];
-    for step in 0..cfg.max_new_tokens {
-        let next = mome_experts::generate::next_tokens(&logits, cfg, rng)?;
-        let mut feed = Vec::with_capacity(b);
-        for (i, &tok) in next.iter().enumerate() {
-            if done[i] {
-                feed.push(cfg.pad_token_id);
-                continue;
-            }
-            out[i].push(tok);
-            feed.push(tok);
-            if cfg.eos_token_id == Some(tok) {
-                done[i] = true;
-            }
-        }
-        if step + 1 == cfg.max_new_tokens || done.iter().all(|&d| d) {
-            break;
-        }
-        let inp = Tensor::from_slice(&feed).view([bi, 1]).to_device(device);
-        mask = Tensor::cat(&[&mask, &mask.ones_like().narrow(1, 0, 1)], 1);
-        let pos = next_pos.shallow_clone();
-        next_pos = &next_pos + 1;
-        logits = step_logits(model, &sets, &mut caches, &inp, &pos, &mask, n_active)?;
-    }
-    Ok(out)
+    decode(batch, cfg, rng, |ids, positions, mask| {
+        step_logits(model, &sets, &mut caches, ids, positions, mask, n_active)
+    })
 }

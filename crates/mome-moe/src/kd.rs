@@ -21,6 +21,7 @@
 
 use mome_core::metrics::{read_metrics, MetricsWriter};
 use mome_data::sampler::SeqRef;
+use mome_data::shards::ShardSet;
 use mome_distill::cache::TeacherCache;
 use mome_distill::losses::{kd_loss, KdLoss, Teacher};
 use mome_distill::strategy::WeightStrategy;
@@ -147,13 +148,21 @@ impl DistillLoss {
     pub fn settings(&self) -> &DistillSettings {
         &self.settings
     }
+
+    /// Checks that a teacher cache was built for `split` of `shards` (a no-op for an
+    /// online teacher). Training runs it in [`MoeLoss::begin`]; call it earlier to
+    /// fail before a run folder is created.
+    pub fn check_data(&self, shards: &ShardSet, split: &str) -> Result<()> {
+        if let TeacherImpl::Cache(cache) = &self.teacher {
+            cache.check_shards(shards, split)?;
+        }
+        Ok(())
+    }
 }
 
 impl MoeLoss for DistillLoss {
     fn begin(&mut self, ctx: &LossContext<'_>) -> Result<()> {
-        if let TeacherImpl::Cache(cache) = &self.teacher {
-            cache.check_shards(ctx.shards, ctx.split)?;
-        }
+        self.check_data(ctx.shards, ctx.split)?;
         self.split = ctx.split.to_string();
         self.domains = ctx.domains.to_vec();
         let mut strategy = self.settings.strategy.build(ctx.train.max_steps)?;

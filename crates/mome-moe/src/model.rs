@@ -462,9 +462,17 @@ impl MoeModel {
                 }
             }
         }
+        // The [0, vocab) check reads a min/max back to the host: done on the host
+        // copy when the ids come from the host (training batches do), so a CUDA step
+        // is not synchronised by it.
+        let host_ids = (ids.device() == Device::Cpu).then(|| ids.to_kind(Kind::Int64));
         let ids = ids.to_device(self.device).to_kind(Kind::Int64);
         if b > 0 && t > 0 {
-            let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+            let checked = host_ids.as_ref().unwrap_or(&ids);
+            let (lo, hi) = (
+                checked.min().int64_value(&[]),
+                checked.max().int64_value(&[]),
+            );
             if lo < 0 || hi >= e.vocab_size {
                 return Err(Error::Input(format!(
                     "token id {} is outside the vocabulary [0, {})",

@@ -282,6 +282,17 @@ fn kd_from_teacher_cache_matches_online_teacher() {
         temperature: 2.0,
         strategy,
     };
+    // `check_data` (what `mome moe train` runs before creating its run folder).
+    let k = DistillLoss::new(&cached, &settings, &shape(), Device::Cpu).unwrap();
+    k.check_data(&ShardSet::open(&shards_dir).unwrap(), "train")
+        .unwrap();
+    let e = k
+        .check_data(
+            &ShardSet::open(&tmp2.path().join("shards")).unwrap(),
+            "train",
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("shards"), "{e}");
     let mut other = shape();
     other.vocab_size = VOCAB + 1;
     let e = DistillLoss::new(&cached, &settings, &other, Device::Cpu).unwrap_err();

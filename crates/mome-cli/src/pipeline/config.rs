@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use mome_core::trainer::TrainConfig;
 use mome_core::{DeviceSpec, Precision};
 use mome_data::sampler::SamplerKind;
+
+use crate::train_cmd::{default_eval_batch, EvalSection};
 use serde::Deserialize;
 
 /// The whole pipeline config file.
@@ -161,34 +163,6 @@ impl Default for EncodeSection {
     }
 }
 
-/// Evaluation settings (`[*.eval]`).
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvalSettings {
-    /// Validation sequences per domain (0 = all).
-    #[serde(default = "default_eval_max")]
-    pub max_sequences: usize,
-    /// Sequences per forward pass.
-    #[serde(default = "default_eval_batch")]
-    pub batch_size: usize,
-}
-
-fn default_eval_max() -> usize {
-    64
-}
-fn default_eval_batch() -> usize {
-    8
-}
-
-impl Default for EvalSettings {
-    fn default() -> Self {
-        Self {
-            max_sequences: default_eval_max(),
-            batch_size: default_eval_batch(),
-        }
-    }
-}
-
 /// A model trained by a stage: `[teacher]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,7 +176,7 @@ pub struct ModelSection {
     pub sampler: SamplerKind,
     /// Validation during and after training.
     #[serde(default)]
-    pub eval: EvalSettings,
+    pub eval: EvalSection,
     /// mome-core's `TrainConfig` (`precision` and `seed` come from `[run]`).
     pub train: toml::Table,
 }
@@ -224,7 +198,7 @@ pub struct StudentsSection {
     pub batch_size: usize,
     /// Validation during and after training.
     #[serde(default)]
-    pub eval: EvalSettings,
+    pub eval: EvalSection,
     /// `mome distill`'s `[distill]` (loss, temperature, strategy).
     #[serde(default)]
     pub distill: toml::Table,
@@ -368,7 +342,7 @@ pub struct MoeSection {
     pub kd: bool,
     /// Validation during training.
     #[serde(default)]
-    pub eval: EvalSettings,
+    pub eval: EvalSection,
     /// mome-core's `TrainConfig` of JEET / MoE-CE.
     pub train: toml::Table,
 }
@@ -484,7 +458,7 @@ fn check_model(section: &str, t: &toml::Table, vocab: usize, seq_len: usize) -> 
     Ok(())
 }
 
-fn check_eval(section: &str, e: &EvalSettings) -> Result<()> {
+fn check_eval(section: &str, e: &EvalSection) -> Result<()> {
     positive(&format!("[{section}.eval] batch_size"), e.batch_size)
 }
 

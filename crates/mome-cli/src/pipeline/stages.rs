@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::config::{train_config, EvalSettings, PipelineConfig};
+use super::config::{train_config, PipelineConfig};
+use crate::train_cmd::EvalSection;
 
 /// The stage names, in run order.
 pub const STAGES: [&str; 10] = [
@@ -86,7 +87,7 @@ fn to_toml(v: &serde_json::Value) -> Result<String> {
     Ok(toml::to_string(&t)?)
 }
 
-fn eval_json(e: &EvalSettings) -> serde_json::Value {
+fn eval_json(e: &EvalSection) -> serde_json::Value {
     json!({"max_sequences": e.max_sequences, "batch_size": e.batch_size})
 }
 
@@ -634,7 +635,7 @@ fn eval_cmd(
     label: impl Into<String>,
     model: &Path,
     shards: &str,
-    e: &EvalSettings,
+    e: &EvalSection,
     cfg: &PipelineConfig,
     out: PathBuf,
 ) -> Cmd {
