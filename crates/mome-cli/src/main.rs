@@ -6,6 +6,7 @@ mod bench_cmd;
 mod data_cmd;
 mod distill_cmd;
 mod forgetting_cmd;
+mod launch_cmd;
 mod lm_cmd;
 mod moe_cmd;
 mod pipeline;
@@ -58,13 +59,40 @@ enum Command {
     Moe(moe_cmd::MoeCommand),
     /// Every stage of the method in order, resumable: balance → … → report.md.
     Pipeline(pipeline::PipelineArgs),
+    /// Several processes over the GPUs: data parallel ranks, or independent jobs.
+    Launch(launch_cmd::LaunchArgs),
+    /// Stand-in rank for the launcher's tests.
+    #[command(hide = true, name = "dist-selftest")]
+    DistSelftest(launch_cmd::SelftestArgs),
+}
+
+/// `mome data stats … | head`: the reader closing the pipe early is not an error.
+/// `println!` panics on EPIPE (Rust ignores SIGPIPE); end quietly instead, with the
+/// shell's status for a process killed by SIGPIPE (128 + 13).
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info)
+    }));
 }
 
 fn main() {
+    quiet_broken_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Moe(c) => moe_cmd::run_moe(c),
         Command::Pipeline(a) => pipeline::run_pipeline(a),
+        Command::Launch(a) => launch_cmd::run_launch(a),
+        Command::DistSelftest(a) => launch_cmd::run_selftest(a),
         Command::Data(c) => data_cmd::run_data(c),
         Command::Tokenizer(c) => data_cmd::run_tokenizer(c),
         Command::Train(a) => train_cmd::run_train(a),

@@ -222,6 +222,14 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let a = a.run;
     let mut file = load_train_file(&a.config)?;
     a.apply(&mut file.out_dir, &mut file.device, &mut file.train)?;
+    // Data parallel (`mome launch`): each rank trains on its slice of every batch.
+    let world = mome_core::dist::DistEnv::world_size_from_env()?;
+    if file.data.batch_size % world != 0 {
+        bail!(
+            "[data] batch_size = {} cannot be split over {world} ranks: it must be a multiple of the world size (the global batch is split, see docs/gpu.md)",
+            file.data.batch_size
+        );
+    }
     let device = file.device.resolve()?;
     file.train.precision.validate(device)?;
 
@@ -259,7 +267,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     )?;
     let has_validation = eval_shards.splits().iter().any(|s| s == "validation");
 
-    let mut trainer = Trainer::new(file.train.clone(), &vs, &file.out_dir, a.resume)?;
+    let mut trainer = Trainer::new_data_parallel(file.train.clone(), &vs, &file.out_dir, a.resume)?;
     let config_json = cfg.to_hf_json()?.into_bytes();
     let mut loss_fn = |ids: &Tensor| -> mome_core::Result<Tensor> {
         let out = model.forward(Gpt2Input::ids(ids).train(true))?;
@@ -285,6 +293,10 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         },
         &[("config.json", config_json)],
     )?;
+    if !trainer.is_primary() {
+        // Data parallel: rank 0 writes the model and the summary.
+        return Ok(());
+    }
     let model_dir = file.out_dir.join("model");
     model.save_pretrained(&model_dir)?;
     println!(

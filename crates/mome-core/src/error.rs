@@ -112,6 +112,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A multi-process (data-parallel) failure: rendezvous, NCCL, a lost rank.
+    #[error("distributed: {0}")]
+    Distributed(String),
     /// Optimizer state that does not match the model's parameters.
     #[error("optimizer state: {0}")]
     OptimizerState(String),

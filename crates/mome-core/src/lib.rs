@@ -6,7 +6,8 @@
 //! devices ([`DeviceSpec`]), the mixed-precision design ([`Precision`]), safetensors
 //! I/O ([`tensor_io`]), AdamW ([`optim`]), learning-rate schedules and gradient
 //! clipping ([`schedule`]), checkpoints ([`checkpoint`]), JSONL metrics ([`metrics`]),
-//! progress reporting ([`progress`]) and the training loop ([`trainer`]).
+//! progress reporting ([`progress`]), the training loop ([`trainer`]) and its
+//! data-parallel process group ([`dist`]; NCCL with the `nccl` feature).
 //!
 //! ```
 //! use mome_core::tensor_io::{named_tensors, read_safetensors, write_safetensors, load_into};
@@ -35,6 +36,7 @@ pub use error::{Error, Result};
 pub use precision::Precision;
 pub mod checkpoint;
 pub mod data;
+pub mod dist;
 pub mod metrics;
 pub mod optim;
 pub mod progress;

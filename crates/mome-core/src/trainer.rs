@@ -16,6 +16,20 @@
 //! and at the end (see [`crate::checkpoint`] for layout and resume semantics).
 //!
 //! Run folder: `run_dir/checkpoints/step-XXXXXXXX/`, `run_dir/metrics.jsonl`.
+//!
+//! **Data parallel** ([`Trainer::new_data_parallel`], or [`Trainer::with_collective`]
+//! with a [`Collective`]): one process per device. At the start the variables are
+//! broadcast from rank 0 and the ranks check that they resumed from the same step.
+//! Every rank draws the same global batch from the source and trains on its
+//! contiguous `1/N` of the rows ([`crate::dist::rank_rows`]; the batch must divide
+//! evenly); after the `grad_accum` micro-batches the gradients are summed over the
+//! ranks in flat buckets and divided by `N` (step 3 then clips the global gradient):
+//! the update is the one of the global batch on one device. Rank 0 alone writes
+//! metrics, checkpoints and progress and runs `eval_fn`; logged losses are the mean
+//! over the ranks, reduced at log steps only. Token counts are global. Rank 0 keeps
+//! the single-process torch seed of each step; other ranks use
+//! [`crate::dist::rank_seed`] (their dropout masks differ from rank 0's).
+//! [`Trainer::new`] is single-process: it refuses `MOME_WORLD_SIZE > 1`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{step_seed, CheckpointManager, TrainerState};
+use crate::dist::{rank_rows, rank_seed, Collective, DistEnv, GradBuckets};
 use crate::metrics::{MetricsWriter, TrainRecord};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::progress::{Progress, ProgressMode};
@@ -195,10 +210,13 @@ pub struct Trainer {
     cfg: TrainConfig,
     vs_variables: Vec<(String, Tensor)>,
     params: Vec<Tensor>,
+    named_params: Vec<(String, Tensor)>,
     opt: AdamW,
     device: Device,
     ckpt: CheckpointManager,
-    metrics: MetricsWriter,
+    metrics: Option<MetricsWriter>,
+    dist: Option<Box<dyn Collective>>,
+    buckets: GradBuckets,
     step: u64,
     tokens_seen: u64,
     elapsed_before_s: f64,
@@ -281,7 +299,107 @@ impl Trainer {
     /// the optimizer, and the step, token count and batch-source state are restored
     /// ([`Trainer::run`] hands the state to the source). Without `resume`, a run folder
     /// that already holds checkpoints is an error.
+    ///
+    /// Single-process: with `MOME_WORLD_SIZE` above 1 in the environment this is an
+    /// error (the caller has no data-parallel support; see
+    /// [`Trainer::new_data_parallel`]).
     pub fn new(cfg: TrainConfig, vs: &nn::VarStore, run_dir: &Path, resume: bool) -> Result<Self> {
+        if let Some(env) = DistEnv::from_env()? {
+            if env.world_size > 1 {
+                return Err(Error::Distributed(format!(
+                    "MOME_WORLD_SIZE = {}: this command has no data-parallel support yet \
+                     (`mome train` has); run it as one process, or spread independent runs \
+                     over the GPUs with `mome launch --jobs`",
+                    env.world_size
+                )));
+            }
+        }
+        Self::with_collective(cfg, vs, run_dir, resume, None)
+    }
+
+    /// Like [`Trainer::new`], data parallel over the process group of the
+    /// environment ([`crate::dist::init_from_env`]; see the module docs). Without
+    /// `MOME_WORLD_SIZE` (or with 1 and no NCCL communicator) it is [`Trainer::new`].
+    /// The caller's `loss_fn` must depend on the batch rows only (it gets this
+    /// rank's slice).
+    pub fn new_data_parallel(
+        cfg: TrainConfig,
+        vs: &nn::VarStore,
+        run_dir: &Path,
+        resume: bool,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        cfg.precision.validate(vs.device())?;
+        let dist = crate::dist::init_from_env(vs.device())?;
+        Self::with_collective(cfg, vs, run_dir, resume, dist)
+    }
+
+    /// Like [`Trainer::new`] with an explicit process group (`None`: single process).
+    /// Every rank of `dist` must call this with the same config, run folder and
+    /// `resume`, and a model with the same variables.
+    pub fn with_collective(
+        cfg: TrainConfig,
+        vs: &nn::VarStore,
+        run_dir: &Path,
+        resume: bool,
+        mut dist: Option<Box<dyn Collective>>,
+    ) -> Result<Self> {
+        let r = Self::build(cfg, vs, run_dir, resume, &dist);
+        match r {
+            Ok(mut t) => {
+                t.dist = dist;
+                if let Err(e) = t.sync_start() {
+                    if let Some(d) = t.dist.as_mut() {
+                        d.finish(Err(e.to_string()));
+                    }
+                    return Err(e);
+                }
+                Ok(t)
+            }
+            Err(e) => {
+                if let Some(d) = dist.as_mut() {
+                    d.finish(Err(e.to_string()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Data parallel: rank 0's variables everywhere, and the same resumed step.
+    fn sync_start(&mut self) -> Result<()> {
+        let Some(d) = self.dist.as_mut() else {
+            return Ok(());
+        };
+        let vars: Vec<Tensor> = self
+            .vs_variables
+            .iter()
+            .map(|(_, t)| t.shallow_clone())
+            .collect();
+        d.broadcast(&vars, 0)?;
+        let steps = Tensor::f_from_slice(&[self.step as i64, 1])?.f_to_device(self.device)?;
+        d.all_reduce_sum(std::slice::from_ref(&steps))?;
+        let v = Vec::<i64>::try_from(&steps.f_to_device(Device::Cpu)?)?;
+        let world = d.world_size() as i64;
+        if v[1] != world || v[0] != self.step as i64 * world {
+            return Err(Error::Distributed(format!(
+                "the ranks start from different steps (rank {} is at step {}; the sum over \
+                 {} ranks is {}): they must resume from the same checkpoint",
+                d.rank(),
+                self.step,
+                v[1],
+                v[0]
+            )));
+        }
+        Ok(())
+    }
+
+    fn build(
+        cfg: TrainConfig,
+        vs: &nn::VarStore,
+        run_dir: &Path,
+        resume: bool,
+        dist: &Option<Box<dyn Collective>>,
+    ) -> Result<Self> {
         cfg.validate()?;
         let device = vs.device();
         cfg.precision.validate(device)?;
@@ -337,18 +455,35 @@ impl Trainer {
         } else {
             None
         };
-        let metrics = MetricsWriter::open(
-            &run_dir.join("metrics.jsonl"),
-            resumed_from.as_ref().map(|_| step),
-        )?;
-        let params: Vec<Tensor> = opt.params().into_iter().map(|(_, t)| t).collect();
+        let primary = dist.as_ref().is_none_or(|d| d.rank() == 0);
+        let metrics = if primary {
+            Some(MetricsWriter::open(
+                &run_dir.join("metrics.jsonl"),
+                resumed_from.as_ref().map(|_| step),
+            )?)
+        } else {
+            None
+        };
+        let named_params: Vec<(String, Tensor)> = opt.params();
+        let params: Vec<Tensor> = named_params
+            .iter()
+            .map(|(_, t)| t.shallow_clone())
+            .collect();
+        let sizes: Vec<(usize, Kind)> = params
+            .iter()
+            .map(|t| Ok((t.numel(), t.f_kind()?)))
+            .collect::<Result<_>>()?;
+        let buckets = GradBuckets::plan(&sizes, crate::dist::DEFAULT_BUCKET_ELEMENTS);
         Ok(Self {
             vs_variables: named_tensors(vs),
             params,
+            named_params,
             opt,
             device,
             ckpt,
             metrics,
+            dist: None,
+            buckets,
             step,
             tokens_seen,
             elapsed_before_s,
@@ -383,6 +518,21 @@ impl Trainer {
         &self.opt
     }
 
+    /// This process's rank (0 without a process group).
+    pub fn rank(&self) -> usize {
+        self.dist.as_ref().map_or(0, |d| d.rank())
+    }
+
+    /// Number of ranks (1 without a process group).
+    pub fn world_size(&self) -> usize {
+        self.dist.as_ref().map_or(1, |d| d.world_size())
+    }
+
+    /// Whether this process writes metrics, checkpoints and final outputs (rank 0).
+    pub fn is_primary(&self) -> bool {
+        self.rank() == 0
+    }
+
     fn save(
         &mut self,
         source: &dyn BatchSource,
@@ -395,7 +545,7 @@ impl Trainer {
             data_state: source.state(),
             schedule: self.cfg.lr_schedule(),
             seed: self.cfg.seed,
-            metrics_lines: self.metrics.lines(),
+            metrics_lines: self.metrics.as_ref().map_or(0, |m| m.lines()),
             elapsed_s,
             train_config: serde_json::to_value(&self.cfg)?,
             mome_core_version: env!("CARGO_PKG_VERSION").into(),
@@ -423,9 +573,28 @@ impl Trainer {
         &mut self,
         source: &mut dyn BatchSource,
         loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+        eval_fn: Option<&mut dyn FnMut(u64) -> Result<serde_json::Value>>,
+        extra_files: &[(&str, Vec<u8>)],
+    ) -> Result<TrainSummary> {
+        let r = self.run_inner(source, loss_fn, eval_fn, extra_files);
+        if let Some(d) = self.dist.as_mut() {
+            d.finish(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+        r
+    }
+
+    fn run_inner(
+        &mut self,
+        source: &mut dyn BatchSource,
+        loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
         mut eval_fn: Option<&mut dyn FnMut(u64) -> Result<serde_json::Value>>,
         extra_files: &[(&str, Vec<u8>)],
     ) -> Result<TrainSummary> {
+        let (rank, world) = (self.rank(), self.world_size());
+        let primary = rank == 0;
+        if !primary {
+            eval_fn = None;
+        }
         if let Some(state) = self.data_state.take() {
             source.restore(&state)?;
         }
@@ -435,7 +604,7 @@ impl Trainer {
         let progress = Progress::new(
             self.cfg.max_steps,
             start_step,
-            if self.cfg.quiet {
+            if self.cfg.quiet || !primary {
                 ProgressMode::Quiet
             } else {
                 ProgressMode::Auto
@@ -460,12 +629,19 @@ impl Trainer {
 
         while self.step < self.cfg.max_steps {
             let step = self.step + 1;
-            tch::manual_seed(step_seed(self.cfg.seed, step));
+            tch::manual_seed(rank_seed(step_seed(self.cfg.seed, step), rank));
             let mut step_loss = zero()?;
             for _ in 0..ga {
                 let batch = source.next_batch()?;
                 window_tokens += batch.numel() as u64;
                 self.tokens_seen += batch.numel() as u64;
+                let batch = if world > 1 {
+                    let rows = batch.size().first().copied().unwrap_or(0).max(0) as usize;
+                    let (start, len) = rank_rows(rows, rank, world)?;
+                    batch.f_narrow(0, start as i64, len as i64)?
+                } else {
+                    batch
+                };
                 let batch = batch.f_to_device(self.device)?;
                 let loss = loss_fn(&batch)?;
                 if loss.numel() != 1 {
@@ -479,6 +655,10 @@ impl Trainer {
                 step_loss = step_loss.f_add(&loss.f_detach()?.f_to_kind(Kind::Float)?)?;
             }
             let step_loss = step_loss.f_div_scalar(ga as f64)?;
+            if let Some(d) = self.dist.as_mut() {
+                self.buckets
+                    .all_reduce_mean(d.as_mut(), &self.named_params)?;
+            }
             let norm = grad_norm_tensor(&self.params)?;
             watch.record(&step_loss, norm.as_ref(), step)?;
             if let (Some(max), Some(n)) = (self.cfg.clip_grad_norm, &norm) {
@@ -503,10 +683,16 @@ impl Trainer {
             watch.check()?;
             let elapsed_s = self.elapsed_before_s + started.elapsed().as_secs_f64();
             if is_log {
+                let mut mean_loss = window_loss.f_div_scalar(window_steps as f64)?;
+                if let Some(d) = self.dist.as_mut() {
+                    // The mean over the ranks (equal slices: the global batch's mean).
+                    d.all_reduce_sum(std::slice::from_ref(&mean_loss))?;
+                    mean_loss = mean_loss.f_div_scalar(world as f64)?;
+                }
                 let vals = Vec::<f64>::try_from(
                     &Tensor::f_stack(
                         &[
-                            window_loss.f_div_scalar(window_steps as f64)?,
+                            mean_loss,
                             match &norm {
                                 Some(n) => n.shallow_clone(),
                                 None => zero()?,
@@ -526,7 +712,9 @@ impl Trainer {
                     grad_norm: vals[1],
                     elapsed_s,
                 };
-                self.metrics.train(&rec)?;
+                if let Some(m) = self.metrics.as_mut() {
+                    m.train(&rec)?;
+                }
                 progress.update(
                     step,
                     &format!(
@@ -543,12 +731,14 @@ impl Trainer {
             if is_eval {
                 if let Some(f) = eval_fn.as_mut() {
                     let v = tch::no_grad(|| f(step))?;
-                    self.metrics.eval(step, &v)?;
+                    if let Some(m) = self.metrics.as_mut() {
+                        m.eval(step, &v)?;
+                    }
                     progress.println(&format!("eval step {step}: {v}"));
                     last_eval = Some(v);
                 }
             }
-            if is_ckpt {
+            if is_ckpt && primary {
                 let p = self.save(source, extra_files, elapsed_s)?;
                 progress.println(&format!("checkpoint {}", p.display()));
                 last_checkpoint = Some(p);
