@@ -10,23 +10,14 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::prepare_demo;
+
 fn mome() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mome"));
+    let mut c = common::mome();
     // Ranks and jobs get GPUs 0..N.
     c.env_remove("CUDA_VISIBLE_DEVICES");
-    for v in [
-        "MOME_RANK",
-        "MOME_WORLD_SIZE",
-        "MOME_RENDEZVOUS",
-        "MOME_LAUNCHER_PID",
-    ] {
-        c.env_remove(v);
-    }
     c
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn text(b: &[u8]) -> String {
@@ -264,38 +255,7 @@ fn shards() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let demo = repo().join("data/demo");
-        let ok = |c: &mut Command| {
-            let (o, _) = run(c);
-            assert!(o.status.success(), "{c:?}: {}", text(&o.stderr));
-        };
-        let mut balance = mome();
-        balance.args(["data", "balance", "--valid-fraction", "0.1"]);
-        for dom in ["en", "fr", "de", "py"] {
-            balance.arg("--domain").arg(format!(
-                "{dom}={}",
-                demo.join(format!("{dom}.jsonl")).display()
-            ));
-        }
-        balance
-            .arg("--tokenizer")
-            .arg(repo().join("data/tokenizer/En_De_Fr_Py_Tokenizer/tokenizer.json"))
-            .arg("--out")
-            .arg(d.join("balanced"));
-        ok(&mut balance);
-        ok(mome()
-            .args(["tokenizer", "train", "--vocab-size", "1000", "--input"])
-            .arg(d.join("balanced"))
-            .arg("--out")
-            .arg(d.join("tok.json")));
-        ok(mome()
-            .args(["data", "encode", "--seq-len", "64", "--tokenizer"])
-            .arg(d.join("tok.json"))
-            .arg("--input")
-            .arg(d.join("balanced"))
-            .arg("--out")
-            .arg(d.join("shards")));
+        prepare_demo(dir.path(), 1000, 64);
         dir
     })
     .path()

@@ -3,37 +3,11 @@
 //! KD in `moe train`, and `mome experiment forgetting`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
-fn mome() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mome"))
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn mome");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn run_err(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn mome");
-    assert!(!out.status.success(), "{cmd:?} should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+mod common;
+use common::{mome, prepare_demo, run_err, run_ok, stdout};
 
 /// Balanced demo data, a 1000-token tokenizer, 64-token shards, a router and a small
 /// JEET model (trained a few steps) with one expert exported, made once.
@@ -42,37 +16,7 @@ fn prepared() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let demo = repo().join("data/demo");
-        let mut balance = mome();
-        balance.args(["data", "balance", "--valid-fraction", "0.1"]);
-        for dom in ["en", "fr", "de", "py"] {
-            balance.arg("--domain").arg(format!(
-                "{dom}={}",
-                demo.join(format!("{dom}.jsonl")).display()
-            ));
-        }
-        balance
-            .arg("--tokenizer")
-            .arg(repo().join("data/tokenizer/En_De_Fr_Py_Tokenizer/tokenizer.json"))
-            .arg("--out")
-            .arg(d.join("balanced"));
-        run_ok(&mut balance);
-        run_ok(
-            mome()
-                .args(["tokenizer", "train", "--vocab-size", "1000", "--input"])
-                .arg(d.join("balanced"))
-                .arg("--out")
-                .arg(d.join("tok.json")),
-        );
-        run_ok(
-            mome()
-                .args(["data", "encode", "--seq-len", "64", "--tokenizer"])
-                .arg(d.join("tok.json"))
-                .arg("--input")
-                .arg(d.join("balanced"))
-                .arg("--out")
-                .arg(d.join("shards")),
-        );
+        prepare_demo(d, 1000, 64);
         run_ok(
             mome()
                 .args(["router", "train", "--passage-lengths", "16,64", "--shards"])

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+mod common;
+use common::{mome, repo};
+
 const STAGES: [&str; 10] = [
     "balance",
     "tokenizer",
@@ -18,14 +21,6 @@ const STAGES: [&str; 10] = [
     "forgetting",
     "report",
 ];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn mome() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mome"))
-}
 
 /// The first `n` records of each demo domain.
 fn slice_demo(dir: &Path, n: usize) {

@@ -9,6 +9,11 @@
 //!
 //! Inference is sparse: a per-model lookup table maps a token id to its column, a
 //! sequence becomes a sorted list of `(column, value)`; no dense vector is built.
+//!
+//! Optional character n-gram features ([`CharNgramConfig`], for comparison) hash every
+//! n-gram of the raw text to a bucket id ("hashing trick", FNV-1a); the same TF-IDF
+//! [`Vectorizer`] then runs over the bucket ids, with the same pruning and the same
+//! sparse inference (no dense per-sequence vector, no stored n-gram strings).
 
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +77,10 @@ impl SparseVec {
 
 const NO_COLUMN: u32 = u32::MAX;
 
+/// Vocabulary ids (token ids or hash buckets) must be below this (the lookup table
+/// has one entry per id up to the largest).
+pub const MAX_ID: u32 = 1 << 24;
+
 /// A fitted TF-IDF vectorizer over token ids.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vectorizer {
@@ -106,7 +115,7 @@ impl Vectorizer {
             return Err(RouterError::Invalid(format!("non-finite idf value {bad}")));
         }
         let max = vocabulary.iter().copied().max().unwrap_or(0) as usize;
-        if max >= (1 << 26) {
+        if max >= MAX_ID as usize {
             return Err(RouterError::Invalid(format!(
                 "token id {max} is implausibly large"
             )));
@@ -143,6 +152,7 @@ impl Vectorizer {
             .iter()
             .flat_map(|d| d.iter())
             .copied()
+            .filter(|&id| id < MAX_ID)
             .max()
             .unwrap_or(0) as usize;
         let mut df = vec![0usize; max_id + 1];
@@ -150,7 +160,8 @@ impl Vectorizer {
         let mut seen = vec![usize::MAX; max_id + 1];
         for (i, doc) in docs.iter().enumerate() {
             for &id in doc.iter() {
-                if !Self::keeps(&config, id) {
+                // Ids at or above MAX_ID cannot be columns: ignored, as unknown ids.
+                if id >= MAX_ID || !Self::keeps(&config, id) {
                     continue;
                 }
                 let u = id as usize;
@@ -259,5 +270,109 @@ impl Vectorizer {
             }
         }
         x
+    }
+}
+
+/// Character n-gram features over raw text (scikit-learn's `char_wb` analyzer with the
+/// hashing trick): the text is split at whitespace, each word is padded with one space
+/// on both sides, and every run of `n_min..=n_max` characters inside a padded word is
+/// hashed (FNV-1a 64 over its UTF-8 bytes) to a bucket in `0..n_buckets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CharNgramConfig {
+    /// Shortest n-gram, in characters (>= 1).
+    pub n_min: usize,
+    /// Longest n-gram, in characters (>= n_min, <= 8).
+    pub n_max: usize,
+    /// Number of hash buckets (2..=2^24).
+    pub n_buckets: u32,
+    /// Lower-case the text first.
+    pub lowercase: bool,
+}
+
+impl Default for CharNgramConfig {
+    fn default() -> Self {
+        Self {
+            n_min: 1,
+            n_max: 4,
+            n_buckets: 1 << 20,
+            lowercase: true,
+        }
+    }
+}
+
+/// Upper bound of [`CharNgramConfig::n_buckets`].
+pub const MAX_BUCKETS: u32 = MAX_ID;
+
+impl CharNgramConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.n_min == 0 || self.n_max < self.n_min || self.n_max > 8 {
+            return Err(RouterError::Params(format!(
+                "char n-gram range {}..={} must satisfy 1 <= n_min <= n_max <= 8",
+                self.n_min, self.n_max
+            )));
+        }
+        if !(2..=MAX_BUCKETS).contains(&self.n_buckets) {
+            return Err(RouterError::Params(format!(
+                "char n-gram buckets {} not in 2..={MAX_BUCKETS}",
+                self.n_buckets
+            )));
+        }
+        Ok(())
+    }
+
+    /// The bucket ids of every n-gram of `text` (one entry per occurrence).
+    pub fn bucket_ids(&self, text: &str) -> Vec<u32> {
+        let lowered;
+        let text = if self.lowercase {
+            lowered = text.to_lowercase();
+            lowered.as_str()
+        } else {
+            text
+        };
+        let n_buckets = u64::from(self.n_buckets.max(1));
+        let mut out =
+            Vec::with_capacity(text.len() * (self.n_max + 1 - self.n_min.min(self.n_max)));
+        // Byte offsets of the character boundaries of the padded word.
+        let mut bounds: Vec<usize> = Vec::new();
+        let mut padded = String::new();
+        for word in text.split_whitespace() {
+            padded.clear();
+            padded.push(' ');
+            padded.push_str(word);
+            padded.push(' ');
+            bounds.clear();
+            bounds.extend(padded.char_indices().map(|(i, _)| i));
+            bounds.push(padded.len());
+            let n_chars = bounds.len() - 1;
+            for n in self.n_min..=self.n_max {
+                if n > n_chars {
+                    break;
+                }
+                for start in 0..=(n_chars - n) {
+                    let gram = &padded.as_bytes()[bounds[start]..bounds[start + n]];
+                    out.push((fnv1a(gram) % n_buckets) as u32);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The [`FeatureConfig`] under which bucket ids are counted: nothing dropped, every id kept.
+pub fn char_feature_config(sublinear_tf: bool) -> FeatureConfig {
+    FeatureConfig {
+        drop_ids: Vec::new(),
+        min_id_digits: 1,
+        sublinear_tf,
     }
 }

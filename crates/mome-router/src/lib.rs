@@ -17,8 +17,11 @@
 //! * [`classifier`]: logistic regression, Naive Bayes, linear SVM, decision tree (linfa).
 //! * [`router`]: the [`Router`], its file format and routing.
 //! * [`import`]: the paper's scikit-learn router.
+//! * [`calibrate`]: confidence threshold / temperature from held-out in-domain data,
+//!   and the out-of-domain "not confident" measurement.
 //! * [`train`], [`data`], [`metrics`], [`plot`]: training, data, evaluation, figures.
 
+pub mod calibrate;
 pub mod classifier;
 pub mod data;
 pub mod error;
@@ -29,13 +32,17 @@ pub mod plot;
 pub mod router;
 pub mod train;
 
+pub use calibrate::{calibrate, ood_report, Calibration, CalibrationConfig, OodReport};
 pub use classifier::{
     Classifier, ClassifierKind, ClassifierParams, ProbabilisticClassifier, ValidClassifierParams,
 };
 pub use error::{Result, RouterError};
-pub use features::{FeatureConfig, PruneConfig, SparseVec, Vectorizer};
+pub use features::{CharNgramConfig, FeatureConfig, PruneConfig, SparseVec, Vectorizer};
 pub use import::import_sklearn;
 pub use metrics::{evaluate, evaluate_router, EvalReport};
-pub use router::{Router, Routing, TextNormalization, FORMAT_NAME, FORMAT_VERSION};
+pub use router::{
+    FeatureKind, FeatureThreshold, Router, Routing, TextNormalization, FORMAT_NAME, FORMAT_VERSION,
+    MIN_FORMAT_VERSION,
+};
 pub use tokenizers;
-pub use train::{train_router, TrainConfig};
+pub use train::{train_router, train_router_with, TrainConfig};

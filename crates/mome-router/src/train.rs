@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::classifier::ClassifierParams;
 use crate::data::{token_passages, TokenDoc};
 use crate::error::{Result, RouterError};
-use crate::features::{FeatureConfig, PruneConfig, Vectorizer};
-use crate::router::{Router, TextNormalization};
+use crate::features::{
+    char_feature_config, CharNgramConfig, FeatureConfig, PruneConfig, Vectorizer,
+};
+use crate::router::{FeatureKind, Router, TextNormalization};
 
 /// Settings of [`train_router`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,9 +28,14 @@ pub struct TrainConfig {
     /// and long passages is what keeps short inputs routable).
     pub passage_lengths: Vec<usize>,
     /// Down-sample every class to the size of the smallest (after `max_per_class`).
+    /// When false, `max_per_class x classes` passages are drawn uniformly from the
+    /// pool of all passages, so the classes keep their natural proportions.
     pub balance: bool,
     /// Cap of training passages per class (dense matrices must fit in memory).
     pub max_per_class: Option<usize>,
+    /// Character n-gram features over the (decoded) text instead of token ids.
+    #[serde(default)]
+    pub char_ngrams: Option<CharNgramConfig>,
     /// Confidence threshold stored in the router.
     pub threshold: f64,
     /// Text normalisation recorded in the router (the caller applies it to texts).
@@ -45,6 +52,7 @@ impl Default for TrainConfig {
             passage_lengths: vec![1024],
             balance: true,
             max_per_class: Some(1500),
+            char_ngrams: None,
             threshold: 0.5,
             text_normalization: TextNormalization::default(),
             seed: 0,
@@ -91,21 +99,39 @@ pub fn prepare_passages(
         }
     }
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut cap = cfg.max_per_class.unwrap_or(usize::MAX);
-    if cfg.balance {
-        cap = cap.min(per_class.iter().map(|v| v.len()).min().unwrap_or(0));
+    if let Some(c) = per_class.iter().position(|v| v.is_empty()) {
+        return Err(RouterError::Train(format!(
+            "label {} has no passage",
+            classes[c]
+        )));
     }
     let mut out = Vec::new();
-    for (c, mut v) in per_class.into_iter().enumerate() {
-        if v.is_empty() {
-            return Err(RouterError::Train(format!(
-                "label {} has no passage",
-                classes[c]
-            )));
+    if cfg.balance {
+        let cap = cfg
+            .max_per_class
+            .unwrap_or(usize::MAX)
+            .min(per_class.iter().map(|v| v.len()).min().unwrap_or(0));
+        for mut v in per_class {
+            v.shuffle(&mut rng);
+            v.truncate(cap);
+            out.extend(v);
         }
-        v.shuffle(&mut rng);
-        v.truncate(cap);
-        out.extend(v);
+    } else {
+        // Natural proportions: a uniform sample of the whole pool.
+        let total = cfg
+            .max_per_class
+            .map_or(usize::MAX, |m| m.saturating_mul(classes.len()));
+        out = per_class.into_iter().flatten().collect();
+        out.shuffle(&mut rng);
+        out.truncate(total);
+        for (c, name) in classes.iter().enumerate() {
+            if !out.iter().any(|p| &p.label == name) {
+                return Err(RouterError::Train(format!(
+                    "label {} has no passage in the sample (class {c})",
+                    name
+                )));
+            }
+        }
     }
     Ok((out, classes))
 }
@@ -118,10 +144,49 @@ pub fn fit_router(
     params: ClassifierParams,
     tokenizer_sha256: Option<String>,
 ) -> Result<(Router, f64)> {
+    fit_router_with(passages, classes, cfg, params, tokenizer_sha256, None)
+}
+
+/// [`fit_router`] with a tokenizer, which character n-gram features need (passages
+/// are decoded to text); the tokenizer is attached to the returned router.
+pub fn fit_router_with(
+    passages: &[TokenDoc],
+    classes: &[String],
+    cfg: &TrainConfig,
+    params: ClassifierParams,
+    tokenizer_sha256: Option<String>,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+) -> Result<(Router, f64)> {
+    use rayon::prelude::*;
     let params = params.check()?;
     let t0 = Instant::now();
-    let refs: Vec<&[u32]> = passages.iter().map(|p| p.ids.as_slice()).collect();
-    let vectorizer = Vectorizer::fit(cfg.features.clone(), &cfg.prune, &refs)?;
+    let bucket_docs: Vec<Vec<u32>>;
+    let (refs, features): (Vec<&[u32]>, FeatureConfig) = match &cfg.char_ngrams {
+        None => (
+            passages.iter().map(|p| p.ids.as_slice()).collect(),
+            cfg.features.clone(),
+        ),
+        Some(c) => {
+            c.validate()?;
+            let tok = tokenizer.ok_or_else(|| {
+                RouterError::Params("character n-gram features need a tokenizer".into())
+            })?;
+            bucket_docs = passages
+                .par_iter()
+                .map(|p| {
+                    let text = tok
+                        .decode(&p.ids, true)
+                        .map_err(|e| RouterError::Tokenizer(e.to_string()))?;
+                    Ok(c.bucket_ids(&cfg.text_normalization.apply(&text)))
+                })
+                .collect::<Result<_>>()?;
+            (
+                bucket_docs.iter().map(Vec::as_slice).collect(),
+                char_feature_config(cfg.features.sublinear_tf),
+            )
+        }
+    };
+    let vectorizer = Vectorizer::fit(features, &cfg.prune, &refs)?;
     let x = vectorizer.transform_dense(&refs);
     let y: ndarray::Array1<usize> = passages
         .iter()
@@ -142,6 +207,12 @@ pub fn fit_router(
         tokenizer_sha256,
     )?;
     router.set_text_normalization(cfg.text_normalization);
+    if let Some(c) = cfg.char_ngrams {
+        router.set_feature_kind(FeatureKind::CharNgrams(c))?;
+    }
+    if let Some(tok) = tokenizer {
+        router.set_tokenizer_unchecked(tok.clone());
+    }
     Ok((router, secs))
 }
 
@@ -152,9 +223,26 @@ pub fn train_router(
     params: ClassifierParams,
     tokenizer_sha256: Option<String>,
 ) -> Result<(Router, TrainStats)> {
+    train_router_with(docs, cfg, params, tokenizer_sha256, None)
+}
+
+/// [`train_router`] with a tokenizer (needed by character n-gram features).
+pub fn train_router_with(
+    docs: &[TokenDoc],
+    cfg: &TrainConfig,
+    params: ClassifierParams,
+    tokenizer_sha256: Option<String>,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+) -> Result<(Router, TrainStats)> {
     let (passages, classes) = prepare_passages(docs, cfg)?;
-    let (mut router, secs) =
-        fit_router(&passages, &classes, cfg, params.clone(), tokenizer_sha256)?;
+    let (mut router, secs) = fit_router_with(
+        &passages,
+        &classes,
+        cfg,
+        params.clone(),
+        tokenizer_sha256,
+        tokenizer,
+    )?;
     let stats = TrainStats {
         passages_per_class: classes
             .iter()

@@ -3,7 +3,11 @@
 use approx::assert_abs_diff_eq;
 use linfa::prelude::*;
 use mome_router::classifier::{ClassifierKind, ClassifierParams, ValidClassifierParams};
-use mome_router::{FeatureConfig, PruneConfig, Router, RouterError, Vectorizer};
+use mome_router::data::TokenDoc;
+use mome_router::{
+    CalibrationConfig, CharNgramConfig, FeatureConfig, FeatureKind, PruneConfig, Router,
+    RouterError, Vectorizer,
+};
 use ndarray::{Array1, Array2};
 
 const PARAMS: &str = concat!(
@@ -212,11 +216,17 @@ fn save_load_round_trip_and_routing() {
 fn bad_files_are_typed_errors() {
     let r = small_router();
     let good: serde_json::Value = serde_json::from_slice(&r.to_json().unwrap()).unwrap();
-    let mut v2 = good.clone();
-    v2["version"] = 2.into();
+    let mut v3 = good.clone();
+    v3["version"] = 3.into();
     assert!(matches!(
-        Router::from_json(&serde_json::to_vec(&v2).unwrap()),
-        Err(RouterError::Version { found: 2, .. })
+        Router::from_json(&serde_json::to_vec(&v3).unwrap()),
+        Err(RouterError::Version { found: 3, .. })
+    ));
+    let mut v0 = good.clone();
+    v0["version"] = 0.into();
+    assert!(matches!(
+        Router::from_json(&serde_json::to_vec(&v0).unwrap()),
+        Err(RouterError::Version { found: 0, .. })
     ));
     let mut other = good.clone();
     other["format"] = "something-else".into();
@@ -255,4 +265,279 @@ fn bad_files_are_typed_errors() {
         b[i] ^= 0x5a;
         let _ = Router::from_json(&b);
     }
+}
+
+/// A file as version 1 wrote it: no temperature, no calibration.
+fn as_version_1(r: &Router) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(&r.to_json().unwrap()).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.insert("version".into(), 1.into());
+    o.remove("temperature");
+    o.remove("calibration");
+    v
+}
+
+#[test]
+fn version_1_files_still_load() {
+    assert_eq!(mome_router::FORMAT_VERSION, 2);
+    let r = small_router();
+    let v1 = as_version_1(&r);
+    let back = Router::from_json(&serde_json::to_vec(&v1).unwrap()).unwrap();
+    assert_eq!(back.temperature(), 1.0);
+    assert!(back.calibration().is_none());
+    assert_eq!(back.threshold(), r.threshold());
+    for ids in [vec![10u32, 11], vec![12, 13, 13], vec![]] {
+        assert_eq!(back.route(&ids), r.route(&ids));
+    }
+    // Saving writes the current version.
+    let again: serde_json::Value = serde_json::from_slice(&back.to_json().unwrap()).unwrap();
+    assert_eq!(again["version"], 2);
+    // Fields of version 2 in a version-1 file are an error, not silently used.
+    let mut bad = v1.clone();
+    bad["temperature"] = 2.0.into();
+    assert!(matches!(
+        Router::from_json(&serde_json::to_vec(&bad).unwrap()),
+        Err(RouterError::Invalid(_))
+    ));
+    let mut bad = v1.clone();
+    bad["features"]["kind"] = "tfidf-char-ngrams-hashed".into();
+    bad["features"]["char_ngrams"] = serde_json::to_value(CharNgramConfig::default()).unwrap();
+    assert!(matches!(
+        Router::from_json(&serde_json::to_vec(&bad).unwrap()),
+        Err(RouterError::Invalid(_))
+    ));
+}
+
+#[test]
+fn temperature_changes_confidence_and_round_trips() {
+    let mut r = small_router();
+    let ids = [10u32, 11, 12];
+    let p1 = r.route(&ids).probabilities;
+    r.set_temperature(4.0).unwrap();
+    let p4 = r.route(&ids).probabilities;
+    // Same ranking, flatter distribution, softmax(log p / T).
+    let i = r.route(&ids).index;
+    assert!(p4[i] < p1[i]);
+    let z: f64 = p1.iter().map(|p| p.powf(0.25)).sum();
+    for (a, b) in p4.iter().zip(&p1) {
+        assert_abs_diff_eq!(*a, b.powf(0.25) / z, epsilon = 1e-12);
+    }
+    assert!(r.set_temperature(0.0).is_err());
+    assert!(r.set_temperature(f64::NAN).is_err());
+    let back = Router::from_json(&r.to_json().unwrap()).unwrap();
+    assert_eq!(back.temperature(), 4.0);
+    assert_eq!(back.route(&ids), r.route(&ids));
+    let mut v: serde_json::Value = serde_json::from_slice(&r.to_json().unwrap()).unwrap();
+    v["temperature"] = (-1.0).into();
+    assert!(Router::from_json(&serde_json::to_vec(&v).unwrap()).is_err());
+}
+
+fn toy_docs(n: usize) -> Vec<TokenDoc> {
+    // Class a: ids 10/11, b: 12/13, c: 14/15, with some noise from the other classes.
+    (0..n)
+        .map(|i| {
+            let c = i % 3;
+            let own = 10 + 2 * c as u32;
+            let other = 10 + 2 * ((c + 1 + i / 3 % 2) % 3) as u32;
+            let mut ids = vec![own, own + 1, own];
+            ids.extend(std::iter::repeat_n(other, i % 4));
+            TokenDoc {
+                ids,
+                label: ["a", "b", "c"][c].into(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn calibration_reaches_the_target_and_is_stored() {
+    let docs = toy_docs(300);
+    for (target, temp) in [(0.99, false), (0.9, false), (0.99, true)] {
+        let mut r = small_router();
+        let cal = mome_router::calibrate(
+            &mut r,
+            &docs,
+            &CalibrationConfig {
+                target_confident: target,
+                fit_temperature: temp,
+                by_length: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(cal.n, 300);
+        assert_eq!(r.threshold(), cal.threshold);
+        let confident = docs.iter().filter(|d| r.route(&d.ids).confident).count();
+        assert_eq!(confident as f64 / 300.0, cal.confident_fraction);
+        assert!(cal.confident_fraction >= target, "{cal:?}");
+        // The threshold is the largest that reaches the target: a hair above it falls short.
+        let mut above = r.clone();
+        above
+            .set_threshold((cal.threshold + 1e-12).min(1.0))
+            .unwrap();
+        let c2 = docs
+            .iter()
+            .filter(|d| above.route(&d.ids).confident)
+            .count();
+        assert!(
+            cal.threshold == 1.0 || (c2 as f64) < target * 300.0,
+            "{cal:?} {c2}"
+        );
+        if temp {
+            assert!(cal.nll <= cal.nll_at_temperature_1 + 1e-12, "{cal:?}");
+            assert_eq!(r.temperature(), cal.temperature);
+        } else {
+            assert_eq!(r.temperature(), 1.0);
+        }
+        let back = Router::from_json(&r.to_json().unwrap()).unwrap();
+        assert_eq!(back.calibration(), Some(&cal));
+        assert_eq!(back.threshold(), cal.threshold);
+    }
+    let mut r = small_router();
+    let bad = [TokenDoc {
+        ids: vec![10],
+        label: "zz".into(),
+    }];
+    assert!(matches!(
+        mome_router::calibrate(&mut r, &bad, &CalibrationConfig::default()),
+        Err(RouterError::Params(_))
+    ));
+    assert!(mome_router::calibrate(&mut r, &[], &CalibrationConfig::default()).is_err());
+    let cfg = CalibrationConfig {
+        target_confident: 1.5,
+        ..CalibrationConfig::default()
+    };
+    assert!(mome_router::calibrate(&mut r, &docs, &cfg).is_err());
+    // Out-of-domain report: ids the router does not know are never confident.
+    let rep = mome_router::ood_report(
+        &r,
+        &[TokenDoc {
+            ids: vec![999, 998],
+            label: "es".into(),
+        }],
+    );
+    assert_eq!((rep.n, rep.not_confident), (1, 1));
+}
+
+#[test]
+fn char_ngrams_hash_stably_and_route_text_without_tokenizer() {
+    let c = CharNgramConfig {
+        n_min: 1,
+        n_max: 2,
+        n_buckets: 1 << 16,
+        lowercase: true,
+    };
+    // " ab " has 4 characters: 4 unigrams + 3 bigrams.
+    assert_eq!(c.bucket_ids("ab").len(), 7);
+    assert_eq!(c.bucket_ids("AB"), c.bucket_ids("ab"));
+    assert_eq!(c.bucket_ids("  ab \n"), c.bucket_ids("ab"));
+    assert!(c.bucket_ids("").is_empty());
+    assert!(c.bucket_ids("ab").iter().all(|&b| b < 1 << 16));
+    assert_eq!(c.bucket_ids("é").len(), 3 + 2, "characters, not bytes");
+    assert!(CharNgramConfig { n_min: 0, ..c }.validate().is_err());
+    assert!(CharNgramConfig { n_max: 9, ..c }.validate().is_err());
+    assert!(CharNgramConfig { n_buckets: 1, ..c }.validate().is_err());
+    // A char router over three "languages" of distinct letters.
+    let texts = ["xxx xyx", "qqq qrq", "zzz zwz"];
+    let docs: Vec<Vec<u32>> = (0..30).map(|i| c.bucket_ids(texts[i % 3])).collect();
+    let refs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
+    let v = Vectorizer::fit(
+        mome_router::features::char_feature_config(false),
+        &PruneConfig::default(),
+        &refs,
+    )
+    .unwrap();
+    let x = v.transform_dense(&refs);
+    let y: Array1<usize> = (0..30).map(|i| i % 3).collect();
+    let clf = ClassifierParams::new(ClassifierKind::Logreg)
+        .fit(&DatasetBase::new(x, y))
+        .unwrap();
+    let mut r = Router::new(vec!["a".into(), "b".into(), "c".into()], v, clf, 0.4, None).unwrap();
+    r.set_feature_kind(FeatureKind::CharNgrams(c)).unwrap();
+    assert_eq!(r.route_text("qrq qq").unwrap().label, "b");
+    assert!(r.route_text("qrq").unwrap().confident);
+    // Token ids need the tokenizer to become text: without one, never confident.
+    assert!(!r.route(&[10, 11]).confident);
+    let back = Router::from_json(&r.to_json().unwrap()).unwrap();
+    assert_eq!(back.feature_kind(), FeatureKind::CharNgrams(c));
+    assert_eq!(
+        back.route_text("zwz").unwrap(),
+        r.route_text("zwz").unwrap()
+    );
+    // Buckets beyond the configured count are a corrupt file.
+    let mut bad: serde_json::Value = serde_json::from_slice(&r.to_json().unwrap()).unwrap();
+    bad["features"]["char_ngrams"]["n_buckets"] = 2.into();
+    assert!(matches!(
+        Router::from_json(&serde_json::to_vec(&bad).unwrap()),
+        Err(RouterError::Invalid(_))
+    ));
+}
+
+#[test]
+fn calibration_by_length_sets_one_threshold_per_bin() {
+    // Toy inputs have at most 6 known features: one bin (the bin edges are tested in
+    // the unit tests of calibrate.rs); longer inputs repeat the own ids.
+    let mut docs = toy_docs(300);
+    for (i, d) in toy_docs(300).into_iter().enumerate() {
+        let own = 10 + 2 * (i % 3) as u32;
+        let mut ids = d.ids.clone();
+        ids.extend(std::iter::repeat_n(own, 20));
+        docs.push(TokenDoc {
+            ids,
+            label: d.label,
+        });
+    }
+    let mut r = small_router();
+    let cal = mome_router::calibrate(
+        &mut r,
+        &docs,
+        &CalibrationConfig {
+            target_confident: 0.95,
+            fit_temperature: false,
+            by_length: true,
+        },
+    )
+    .unwrap();
+    assert!(!cal.bins.is_empty(), "{cal:?}");
+    assert_eq!(cal.bins.iter().map(|b| b.n).sum::<usize>(), docs.len());
+    assert!(cal
+        .bins
+        .iter()
+        .all(|b| b.n >= mome_router::calibrate::MIN_BIN));
+    assert_eq!(r.thresholds_by_features().len(), cal.bins.len());
+    let confident = docs.iter().filter(|d| r.route(&d.ids).confident).count();
+    assert!(confident as f64 >= 0.95 * docs.len() as f64, "{cal:?}");
+    assert_eq!(confident as f64 / docs.len() as f64, cal.confident_fraction);
+    // Saved and loaded with the bins; set_threshold goes back to one threshold.
+    let back = Router::from_json(&r.to_json().unwrap()).unwrap();
+    assert_eq!(back.thresholds_by_features(), r.thresholds_by_features());
+    assert_eq!(back.calibration(), Some(&cal));
+    let mut one = back.clone();
+    one.set_threshold(0.5).unwrap();
+    assert!(one.thresholds_by_features().is_empty());
+    // Bins must increase and thresholds be probabilities.
+    let mut v: serde_json::Value = serde_json::from_slice(&r.to_json().unwrap()).unwrap();
+    v["thresholds_by_features"] = serde_json::json!([{"min_features": 5, "threshold": 0.5}, {"min_features": 5, "threshold": 0.6}]);
+    assert!(matches!(
+        Router::from_json(&serde_json::to_vec(&v).unwrap()),
+        Err(RouterError::Invalid(_))
+    ));
+    v["thresholds_by_features"] = serde_json::json!([{"min_features": 1, "threshold": 1.5}]);
+    assert!(Router::from_json(&serde_json::to_vec(&v).unwrap()).is_err());
+    // Explicit bins pick the threshold of the largest lower bound <= the feature count.
+    let mut b = small_router();
+    b.set_thresholds_by_features(vec![
+        mome_router::FeatureThreshold {
+            min_features: 1,
+            threshold: 0.2,
+        },
+        mome_router::FeatureThreshold {
+            min_features: 3,
+            threshold: 0.99,
+        },
+    ])
+    .unwrap();
+    assert_eq!(b.threshold_for(0), b.threshold());
+    assert_eq!(b.threshold_for(2), 0.2);
+    assert_eq!(b.threshold_for(3), 0.99);
+    assert_eq!(b.threshold_for(1000), 0.99);
 }

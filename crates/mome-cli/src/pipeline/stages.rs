@@ -437,6 +437,9 @@ pub fn plan(cfg: &PipelineConfig, l: &Layout) -> Result<Vec<StagePlan>> {
                 r.test_fraction.to_string(),
                 "--out-dir".into(),
                 p(&dir.join("compare")),
+                // The character n-gram row trains a 2^20-column model: kept out of the
+                // pipeline's stage (run `mome router compare` for it).
+                "--no-char-row".into(),
             ]);
             if let Some(h) = &r.heldout {
                 c.extend(["--heldout".into(), p(h)]);
