@@ -10,5 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-libtorch.sh
 cargo build -p mome-cli --quiet
-target/debug/mome pipeline --config configs/demo.toml --out runs/demo "$@" >/dev/null
+# `cargo run` finds the binary wherever the target folder is (CARGO_TARGET_DIR too).
+cargo run -p mome-cli --quiet -- pipeline --config configs/demo.toml --out runs/demo "$@" >/dev/null
 printf '\ndone: the report is runs/demo/report.md (every stage: runs/demo/<stage>/)\n' >&2
