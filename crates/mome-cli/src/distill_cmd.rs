@@ -102,6 +102,10 @@ pub fn run_distill_cmd(a: DistillArgs) -> Result<()> {
         distill: file.distill.clone(),
     };
     let out = run_distill(&job)?;
+    if out.rank != 0 {
+        // Data parallel: rank 0 writes the model and the summary.
+        return Ok(());
+    }
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
@@ -352,6 +356,14 @@ pub fn run_experiment(c: ExperimentCommand) -> Result<()> {
         ExperimentCommand::Kd(a) => a,
         ExperimentCommand::Forgetting(f) => return crate::forgetting_cmd::run_forgetting(f),
     };
+    if let Some(env) = mome_core::dist::DistEnv::from_env()? {
+        let world = env.world_size;
+        bail!(
+            "MOME_WORLD_SIZE = {world}: `mome experiment kd` runs one process (its runs are \
+             independent: spread them over the GPUs with `mome launch --jobs FILE`, or make \
+             each run data parallel with `mome launch --gpus N -- distill ...`)"
+        );
+    }
     let text = std::fs::read_to_string(&a.config)
         .with_context(|| format!("reading {}", a.config.display()))?;
     let mut file: KdFile =

@@ -60,6 +60,12 @@ pub struct BuildArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     run: RunArgs,
+    /// Expert parallelism: place the experts' blocks on these devices in turn
+    /// (domain experts in order, then the common expert), e.g. `cuda:0,cuda:1`.
+    /// The embeddings and head stay on `--device`. Not combined with `mome launch
+    /// --gpus N` (data parallelism).
+    #[arg(long, value_delimiter = ',')]
+    expert_devices: Vec<DeviceSpec>,
 }
 
 /// Arguments of `mome moe eval`.
@@ -243,6 +249,11 @@ fn load_file(path: &Path) -> Result<MoeTrainFile> {
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
+    let expert_devices = a
+        .expert_devices
+        .iter()
+        .map(|d| d.resolve())
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let a = a.run;
     let mut file = load_file(&a.config)?;
     a.apply(&mut file.out_dir, &mut file.device, &mut file.train)?;
@@ -272,6 +283,23 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let vs = nn::VarStore::new(device);
     let mut model = MoeModel::new(&vs.root(), &cfg)?;
     model.set_compute_kind(file.train.precision.compute_kind())?;
+    if !expert_devices.is_empty() {
+        if mome_core::dist::DistEnv::world_size_from_env()? > 1 {
+            bail!("--expert-devices (expert parallelism) cannot be combined with data parallelism (mome launch --gpus N)");
+        }
+        for d in &expert_devices {
+            file.train.precision.validate(*d)?;
+        }
+        model.place_experts(&expert_devices)?;
+        if !file.train.quiet {
+            let placed: Vec<String> = model
+                .expert_ids()
+                .into_iter()
+                .map(|id| format!("{}→{:?}", model.expert_name(id), model.expert_device(id)))
+                .collect();
+            eprintln!("expert placement: {}", placed.join(", "));
+        }
+    }
     if !file.train.quiet {
         eprintln!(
             "moe {}: {} experts {:?}{}, each {} layers d={} {} heads; {:.2}M parameters on {device:?}",
@@ -287,6 +315,15 @@ fn run_train(a: TrainArgs) -> Result<()> {
     }
     let eval_shards = ShardSet::open(&file.data.shards)?;
     let has_validation = eval_shards.splits().iter().any(|s| s == "validation");
+    // Data parallel (`mome launch`): each rank trains on its slice of every batch.
+    let dist = mome_core::dist::DistEnv::from_env()?;
+    let (rank, world) = dist.as_ref().map_or((0, 1), |e| (e.rank, e.world_size));
+    if file.data.batch_size % world != 0 {
+        bail!(
+            "[data] batch_size = {} cannot be split over {world} ranks: it must be a multiple of the world size (the global batch is split, see docs/gpu.md)",
+            file.data.batch_size
+        );
+    }
     let source = ShardBatches::new(
         shards,
         "train",
@@ -363,6 +400,10 @@ fn run_train(a: TrainArgs) -> Result<()> {
             None
         },
     )?;
+    if rank != 0 {
+        // Data parallel: rank 0 writes the model and the summary.
+        return Ok(());
+    }
     let model_dir = model.save(&file.out_dir.join("model"))?;
     println!(
         "{}",

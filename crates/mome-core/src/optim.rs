@@ -140,6 +140,7 @@ struct Param {
 
 struct Group {
     decay: bool,
+    device: Device,
     members: Vec<usize>,
     offsets: Vec<i64>,
     exp_avg: Tensor,
@@ -181,7 +182,9 @@ impl AdamW {
         Self::from_params(trainable_named(vs), cfg)
     }
 
-    /// AdamW over the given named parameters (fp32, one device, unique names).
+    /// AdamW over the given named parameters (fp32, unique names). Parameters may
+    /// live on several devices (experts placed on different GPUs): the flat moment
+    /// buffers are kept per (weight-decay group, device).
     pub fn from_params(named: Vec<(String, Tensor)>, cfg: AdamWConfig) -> Result<Self> {
         cfg.validate()?;
         let mut named = named;
@@ -202,18 +205,22 @@ impl AdamW {
                     t.kind()
                 )));
             }
-            if t.device() != device {
-                return Err(Error::Config(format!(
-                    "parameter `{name}` is on {:?}, others on {device:?}",
-                    t.device()
-                )));
-            }
         }
         let mut params = Vec::with_capacity(named.len());
         let mut groups = Vec::new();
-        for decay in [true, false] {
+        // Devices in order of first appearance (experts placed on several GPUs).
+        let mut devices: Vec<Device> = Vec::new();
+        for (_, t) in &named {
+            if !devices.contains(&t.device()) {
+                devices.push(t.device());
+            }
+        }
+        for (decay, dev) in [true, false]
+            .into_iter()
+            .flat_map(|d| devices.iter().map(move |&v| (d, v)))
+        {
             let members: Vec<usize> = (0..named.len())
-                .filter(|&i| decays(&named[i].0) == decay)
+                .filter(|&i| decays(&named[i].0) == decay && named[i].1.device() == dev)
                 .collect();
             if members.is_empty() {
                 continue;
@@ -226,10 +233,11 @@ impl AdamW {
             }
             groups.push(Group {
                 decay,
+                device: dev,
                 members,
                 offsets,
-                exp_avg: Tensor::f_zeros([total], (Kind::Float, device))?,
-                exp_avg_sq: Tensor::f_zeros([total], (Kind::Float, device))?,
+                exp_avg: Tensor::f_zeros([total], (Kind::Float, dev))?,
+                exp_avg_sq: Tensor::f_zeros([total], (Kind::Float, dev))?,
             });
         }
         // Per-parameter views into the flat moment buffers.
@@ -335,14 +343,14 @@ impl AdamW {
             step_size: lr / bc1,
             bc2_sqrt,
         };
-        let flat = match self.imp {
-            AdamWImpl::Auto => self.device.is_cuda(),
-            AdamWImpl::PerParam => false,
-            AdamWImpl::Flat => true,
-        };
         let wd = self.cfg.weight_decay;
         let _guard = tch::no_grad_guard();
         for g in &self.groups {
+            let flat = match self.imp {
+                AdamWImpl::Auto => g.device.is_cuda(),
+                AdamWImpl::PerParam => false,
+                AdamWImpl::Flat => true,
+            };
             let decay = if g.decay { wd } else { 0.0 };
             let grads: Vec<Option<Tensor>> = g
                 .members

@@ -118,6 +118,18 @@ pub fn grad_norm_tensor(params: &[Tensor]) -> Result<Option<Tensor>> {
     if sq.is_empty() {
         return Ok(None);
     }
+    // Parameters on several devices: the norm lives on the first one's.
+    let dev = sq[0].device();
+    let sq = sq
+        .into_iter()
+        .map(|t| {
+            if t.device() == dev {
+                Ok(t)
+            } else {
+                t.f_to_device(dev)
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(Some(Tensor::f_stack(&sq, 0)?.f_sum(Kind::Float)?.f_sqrt()?))
 }
 
@@ -129,11 +141,14 @@ pub fn clip_grads_with_norm(params: &[Tensor], norm: &Tensor, max_norm: f64) -> 
     for p in params.iter().filter(|p| p.requires_grad()) {
         let mut g = p.grad();
         if g.defined() {
-            let c = if g.kind() == Kind::Float {
+            let mut c = if g.kind() == Kind::Float {
                 coef.shallow_clone()
             } else {
                 coef.f_to_kind(g.kind())?
             };
+            if c.device() != g.device() {
+                c = c.f_to_device(g.device())?;
+            }
             let _ = g.f_mul_(&c)?;
         }
     }

@@ -18,7 +18,8 @@
 //! Run folder: `run_dir/checkpoints/step-XXXXXXXX/`, `run_dir/metrics.jsonl`.
 //!
 //! **Data parallel** ([`Trainer::new_data_parallel`], or [`Trainer::with_collective`]
-//! with a [`Collective`]): one process per device. At the start the variables are
+//! with a [`Collective`], or [`Trainer::with_group`]): one process per device (or,
+//! with [`crate::dist::LocalGroup`], one thread per rank). At the start the variables are
 //! broadcast from rank 0 and the ranks check that they resumed from the same step.
 //! Every rank draws the same global batch from the source and trains on its
 //! contiguous `1/N` of the rows ([`crate::dist::rank_rows`]; the batch must divide
@@ -28,7 +29,10 @@
 //! metrics, checkpoints and progress and runs `eval_fn`; logged losses are the mean
 //! over the ranks, reduced at log steps only. Token counts are global. Rank 0 keeps
 //! the single-process torch seed of each step; other ranks use
-//! [`crate::dist::rank_seed`] (their dropout masks differ from rank 0's).
+//! [`crate::dist::rank_seed`] (their dropout masks differ from rank 0's). Loss code
+//! that needs values of the whole global batch (adaptive KD weights) reduces them
+//! through [`Trainer::group`]; the source's per-row side data (teacher-cache rows)
+//! is sliced with [`crate::dist::GroupHandle::rows`].
 //! [`Trainer::new`] is single-process: it refuses `MOME_WORLD_SIZE > 1`.
 
 use std::path::{Path, PathBuf};
@@ -38,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{step_seed, CheckpointManager, TrainerState};
-use crate::dist::{rank_rows, rank_seed, Collective, DistEnv, GradBuckets};
+use crate::dist::{rank_rows, rank_seed, Collective, DistEnv, GradBuckets, GroupHandle};
 use crate::metrics::{MetricsWriter, TrainRecord};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::progress::{Progress, ProgressMode};
@@ -215,7 +219,7 @@ pub struct Trainer {
     device: Device,
     ckpt: CheckpointManager,
     metrics: Option<MetricsWriter>,
-    dist: Option<Box<dyn Collective>>,
+    dist: Option<GroupHandle>,
     buckets: GradBuckets,
     step: u64,
     tokens_seen: u64,
@@ -307,8 +311,8 @@ impl Trainer {
         if let Some(env) = DistEnv::from_env()? {
             if env.world_size > 1 {
                 return Err(Error::Distributed(format!(
-                    "MOME_WORLD_SIZE = {}: this command has no data-parallel support yet \
-                     (`mome train` has); run it as one process, or spread independent runs \
+                    "MOME_WORLD_SIZE = {}: this caller of Trainer::new is single-process \
+                     (`mome train`, `mome distill` and `mome moe train` are data parallel); run it as one process, or spread independent runs \
                      over the GPUs with `mome launch --jobs`",
                     env.world_size
                 )));
@@ -342,14 +346,27 @@ impl Trainer {
         vs: &nn::VarStore,
         run_dir: &Path,
         resume: bool,
-        mut dist: Option<Box<dyn Collective>>,
+        dist: Option<Box<dyn Collective>>,
     ) -> Result<Self> {
-        let r = Self::build(cfg, vs, run_dir, resume, &dist);
+        Self::with_group(cfg, vs, run_dir, resume, dist.map(GroupHandle::new))
+    }
+
+    /// Like [`Trainer::with_collective`] with a group handle the caller keeps a
+    /// clone of (for collectives in its own loss code, see [`Trainer::group`]).
+    pub fn with_group(
+        cfg: TrainConfig,
+        vs: &nn::VarStore,
+        run_dir: &Path,
+        resume: bool,
+        dist: Option<GroupHandle>,
+    ) -> Result<Self> {
+        let primary = dist.as_ref().is_none_or(|d| d.rank() == 0);
+        let r = Self::build(cfg, vs, run_dir, resume, primary);
         match r {
             Ok(mut t) => {
                 t.dist = dist;
                 if let Err(e) = t.sync_start() {
-                    if let Some(d) = t.dist.as_mut() {
+                    if let Some(d) = t.dist.as_ref() {
                         d.finish(Err(e.to_string()));
                     }
                     return Err(e);
@@ -357,7 +374,7 @@ impl Trainer {
                 Ok(t)
             }
             Err(e) => {
-                if let Some(d) = dist.as_mut() {
+                if let Some(d) = dist.as_ref() {
                     d.finish(Err(e.to_string()));
                 }
                 Err(e)
@@ -365,9 +382,15 @@ impl Trainer {
         }
     }
 
+    /// The process group (`None`: single process), shared with the trainer: loss
+    /// code uses it to reduce values over the ranks (every rank in the same order).
+    pub fn group(&self) -> Option<GroupHandle> {
+        self.dist.clone()
+    }
+
     /// Data parallel: rank 0's variables everywhere, and the same resumed step.
     fn sync_start(&mut self) -> Result<()> {
-        let Some(d) = self.dist.as_mut() else {
+        let Some(d) = self.dist.as_ref() else {
             return Ok(());
         };
         let vars: Vec<Tensor> = self
@@ -398,7 +421,7 @@ impl Trainer {
         vs: &nn::VarStore,
         run_dir: &Path,
         resume: bool,
-        dist: &Option<Box<dyn Collective>>,
+        primary: bool,
     ) -> Result<Self> {
         cfg.validate()?;
         let device = vs.device();
@@ -455,7 +478,6 @@ impl Trainer {
         } else {
             None
         };
-        let primary = dist.as_ref().is_none_or(|d| d.rank() == 0);
         let metrics = if primary {
             Some(MetricsWriter::open(
                 &run_dir.join("metrics.jsonl"),
@@ -577,7 +599,7 @@ impl Trainer {
         extra_files: &[(&str, Vec<u8>)],
     ) -> Result<TrainSummary> {
         let r = self.run_inner(source, loss_fn, eval_fn, extra_files);
-        if let Some(d) = self.dist.as_mut() {
+        if let Some(d) = self.dist.as_ref() {
             d.finish(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         }
         r
@@ -655,11 +677,18 @@ impl Trainer {
                 step_loss = step_loss.f_add(&loss.f_detach()?.f_to_kind(Kind::Float)?)?;
             }
             let step_loss = step_loss.f_div_scalar(ga as f64)?;
-            if let Some(d) = self.dist.as_mut() {
-                self.buckets
-                    .all_reduce_mean(d.as_mut(), &self.named_params)?;
+            if let Some(d) = self.dist.as_ref() {
+                let (buckets, params) = (&self.buckets, &self.named_params);
+                d.with(|g| buckets.all_reduce_mean(g, params))?;
             }
-            let norm = grad_norm_tensor(&self.params)?;
+            let mut norm = grad_norm_tensor(&self.params)?;
+            if let Some(n) = norm.as_mut() {
+                // Parameters on several devices (placed experts): keep the norm on
+                // the trainer's device, with the rest of the step's bookkeeping.
+                if n.device() != self.device {
+                    *n = n.f_to_device(self.device)?;
+                }
+            }
             watch.record(&step_loss, norm.as_ref(), step)?;
             if let (Some(max), Some(n)) = (self.cfg.clip_grad_norm, &norm) {
                 clip_grads_with_norm(&self.params, n, max)?;
@@ -684,7 +713,7 @@ impl Trainer {
             let elapsed_s = self.elapsed_before_s + started.elapsed().as_secs_f64();
             if is_log {
                 let mut mean_loss = window_loss.f_div_scalar(window_steps as f64)?;
-                if let Some(d) = self.dist.as_mut() {
+                if let Some(d) = self.dist.as_ref() {
                     // The mean over the ranks (equal slices: the global batch's mean).
                     d.all_reduce_sum(std::slice::from_ref(&mean_loss))?;
                     mean_loss = mean_loss.f_div_scalar(world as f64)?;

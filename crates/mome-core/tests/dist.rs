@@ -4,10 +4,10 @@
 //! GPU) sit behind the `nccl` feature at the end.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mome_core::dist::{rank_rows, rank_seed, Collective, DistEnv, GradBuckets, Session};
+use mome_core::dist::{rank_rows, rank_seed, DistEnv, GradBuckets, LocalGroup, Session};
 use mome_core::metrics::read_metrics;
 use mome_core::{BatchSource, Error, Result, TrainConfig, Trainer};
 use rand::{Rng, SeedableRng};
@@ -291,75 +291,6 @@ fn pid_alive_sees_running_and_finished_processes() {
 // ---------------------------------------------------------------------------------
 // The trainer over an in-process group (one thread per rank).
 
-/// Sum all-reduce and broadcast between threads: every rank deposits copies of its
-/// tensors, then each sums them in rank order.
-#[derive(Debug)]
-struct LocalGroup {
-    rank: usize,
-    shared: Arc<LocalShared>,
-}
-
-#[derive(Debug)]
-struct LocalShared {
-    world: usize,
-    barrier: Barrier,
-    slots: Mutex<Vec<Vec<Tensor>>>,
-}
-
-impl LocalGroup {
-    fn new(world: usize) -> Vec<LocalGroup> {
-        let shared = Arc::new(LocalShared {
-            world,
-            barrier: Barrier::new(world),
-            slots: Mutex::new((0..world).map(|_| Vec::new()).collect()),
-        });
-        (0..world)
-            .map(|rank| LocalGroup {
-                rank,
-                shared: shared.clone(),
-            })
-            .collect()
-    }
-
-    fn exchange(&mut self, tensors: &[Tensor], pick: impl Fn(&[Vec<Tensor>], usize) -> Tensor) {
-        self.shared.slots.lock().unwrap()[self.rank] = tensors.iter().map(|t| t.copy()).collect();
-        self.shared.barrier.wait();
-        {
-            let slots = self.shared.slots.lock().unwrap();
-            tch::no_grad(|| {
-                for (i, t) in tensors.iter().enumerate() {
-                    let v = pick(&slots, i);
-                    t.shallow_clone().copy_(&v);
-                }
-            });
-        }
-        self.shared.barrier.wait();
-    }
-}
-
-impl Collective for LocalGroup {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-    fn world_size(&self) -> usize {
-        self.shared.world
-    }
-    fn all_reduce_sum(&mut self, tensors: &[Tensor]) -> Result<()> {
-        self.exchange(tensors, |slots, i| {
-            let mut acc = slots[0][i].copy();
-            for s in &slots[1..] {
-                acc += &s[i];
-            }
-            acc
-        });
-        Ok(())
-    }
-    fn broadcast(&mut self, tensors: &[Tensor], root: usize) -> Result<()> {
-        self.exchange(tensors, |slots, i| slots[root][i].copy());
-        Ok(())
-    }
-}
-
 const V: i64 = 16;
 const D: i64 = 24;
 
@@ -632,7 +563,7 @@ fn the_single_process_trainer_refuses_several_ranks() {
         std::env::remove_var(k);
     }
     let e = r.unwrap_err().to_string();
-    assert!(e.contains("no data-parallel support"), "{e}");
+    assert!(e.contains("is single-process"), "{e}");
     // Without NCCL (or on the CPU) a world of 2 is an error naming the cause.
     let e = dp.unwrap_err().to_string();
     assert!(e.contains("MOME_WORLD_SIZE"), "{e}");
@@ -642,6 +573,7 @@ fn the_single_process_trainer_refuses_several_ranks() {
 mod nccl {
     use super::*;
     use mome_core::dist::nccl::{nccl_version, unique_id, NcclGroup};
+    use mome_core::dist::Collective;
 
     /// Loads libnccl (no GPU needed).
     #[test]

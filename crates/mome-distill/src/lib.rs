@@ -6,7 +6,8 @@
 //! - [`strategy`]: how CE and KD are weighted ([`strategy::WeightStrategy`]: fixed,
 //!   adaptive as in the research code with guards, alternating);
 //! - [`trainer`]: [`run_distill`], a student trained against a frozen teacher by
-//!   mome-core's `Trainer` (same checkpoints, resume and metrics as `mome train`);
+//!   mome-core's `Trainer` (same checkpoints, resume and metrics as `mome train`,
+//!   data parallel under `mome launch --gpus N`);
 //! - [`cache`]: the offline top-K teacher cache ([`build_cache`], [`TeacherCache`]);
 //! - [`teacher`]: loading a frozen teacher.
 //!
@@ -34,6 +35,6 @@ pub use error::{Error, Result};
 pub use losses::{kd_loss, KdLoss, KdOutput, SparseTeacher, Teacher};
 pub use strategy::{Adaptive, Alternating, Fixed, StrategyConfig, WeightStrategy};
 pub use trainer::{
-    final_validation, run_distill, DataSpec, DistillJob, DistillOutcome, DistillSettings, EvalSpec,
-    TeacherSection, DISTILL_METRICS,
+    final_validation, run_distill, run_distill_with_group, strategy_history, DataSpec, DistillJob,
+    DistillOutcome, DistillSettings, EvalSpec, TeacherSection, DISTILL_METRICS,
 };

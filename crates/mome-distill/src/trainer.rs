@@ -13,6 +13,15 @@
 //! checkpoint's step and its lines are replayed into the strategy, so the adaptive
 //! histories continue exactly.
 //!
+//! **Data parallel** (under `mome launch --gpus N`, or [`run_distill_with_group`]):
+//! every rank draws the same global batch and trains on its `1/N` of the rows
+//! (mome-core's [`Trainer`]); the online teacher runs on the rank's rows, a teacher
+//! cache is read for the rank's rows only. The CE and KD values are averaged over
+//! the ranks before they reach the weighting strategy (adaptive weights are those of
+//! the global batch, the same on every rank) and before they are written; rank 0
+//! alone writes `distill_metrics.jsonl`, checkpoints and `model/`. The global batch
+//! (`batch_size`) must be a multiple of the number of ranks.
+//!
 //! Before any step: the shards' tokenizer hash (when a tokenizer hash is given),
 //! student, teacher and cache vocabularies, the teacher's positions, and the cache's
 //! shards / teacher / temperature are checked; each mismatch is a typed [`Error`].
@@ -22,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use mome_core::data::ShardBatches;
+use mome_core::dist::{DistEnv, GroupHandle};
 use mome_core::metrics::{read_metrics, MetricsWriter};
 use mome_core::trainer::{BatchSource, TrainConfig, TrainSummary, Trainer};
 use mome_data::sampler::{SamplerConfig, SamplerKind, SeqRef};
@@ -160,6 +170,9 @@ pub struct DistillOutcome {
     pub metrics: PathBuf,
     /// `distill_metrics.jsonl`.
     pub distill_metrics: PathBuf,
+    /// This process's rank (0 without data parallelism; only rank 0 writes
+    /// `model/` and the metrics files).
+    pub rank: usize,
 }
 
 enum TeacherImpl {
@@ -258,7 +271,13 @@ struct Pending {
     kd: Option<Tensor>,
 }
 
-fn flush(pending: &mut Vec<Pending>, writer: &mut MetricsWriter) -> Result<()> {
+/// Writes the pending lines (rank 0), with CE and KD averaged over the ranks (every
+/// rank calls this at the same steps).
+fn flush(
+    pending: &mut Vec<Pending>,
+    writer: Option<&mut MetricsWriter>,
+    group: Option<&GroupHandle>,
+) -> Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
@@ -270,11 +289,15 @@ fn flush(pending: &mut Vec<Pending>, writer: &mut MetricsWriter) -> Result<()> {
             None => p.ce.f_reshape([1])?,
         });
     }
-    let vals = Vec::<f64>::try_from(
-        &Tensor::f_cat(&parts, 0)?
-            .f_to_kind(Kind::Double)?
-            .f_to_device(Device::Cpu)?,
-    )?;
+    let all = Tensor::f_cat(&parts, 0)?.f_to_kind(Kind::Float)?;
+    if let Some(g) = group {
+        g.all_reduce_mean(std::slice::from_ref(&all))?;
+    }
+    let vals = Vec::<f64>::try_from(&all.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
+    let Some(writer) = writer else {
+        pending.clear();
+        return Ok(());
+    };
     for (i, p) in pending.iter().enumerate() {
         let kd = p.kd.as_ref().map(|_| vals[2 * i + 1]);
         writer.write(&serde_json::json!({
@@ -296,14 +319,59 @@ fn eval_json(r: &mome_experts::eval::EvalReport) -> serde_json::Value {
     v
 }
 
+/// The strategy's history from a run's `distill_metrics.jsonl`: `(step, ce, kd)` of
+/// the lines up to `start_step`, in order. Unparsable lines (a crash's partial last
+/// line, or a line being appended by rank 0 while another rank reads) are skipped.
+pub fn strategy_history(path: &Path, start_step: u64) -> Result<Vec<(u64, f64, f64)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(mome_core::Error::io(path, e).into()),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_u64()?, v["ce"].as_f64()?, v["kd"].as_f64()?)))
+        .filter(|(s, _, _)| *s <= start_step)
+        .collect())
+}
+
 /// Runs (or resumes) a distillation job to `train.max_steps` and saves the student
-/// to `run_dir/model`.
+/// to `run_dir/model`. Under `mome launch --gpus N` (`MOME_WORLD_SIZE` > 1) it is
+/// data parallel over NCCL (see the module docs).
 pub fn run_distill(job: &DistillJob) -> Result<DistillOutcome> {
+    let world = DistEnv::world_size_from_env()?;
+    run_distill_inner(job, None, world)
+}
+
+/// Like [`run_distill`] as one rank of `group` (`None`: a single process, whatever
+/// the environment says). Every rank calls this with the same job.
+pub fn run_distill_with_group(
+    job: &DistillJob,
+    group: Option<GroupHandle>,
+) -> Result<DistillOutcome> {
+    let world = group.as_ref().map_or(1, |g| g.world_size());
+    run_distill_inner(job, Some(group), world)
+}
+
+/// `group`: `None` → from the environment (after the checks); `Some(g)` → `g`.
+fn run_distill_inner(
+    job: &DistillJob,
+    group: Option<Option<GroupHandle>>,
+    world: usize,
+) -> Result<DistillOutcome> {
     job.distill.validate()?;
     job.train.validate()?;
     job.student.validate()?;
     if job.data.batch_size == 0 || job.eval.batch_size == 0 {
         return Err(Error::Config("batch sizes must be > 0".into()));
+    }
+    if job.data.batch_size % world != 0 {
+        return Err(Error::Config(format!(
+            "batch_size = {} cannot be split over {world} ranks: the global batch must be a \
+             multiple of the number of ranks",
+            job.data.batch_size
+        )));
     }
     let shards = ShardSet::open(&job.data.shards)?;
     if let Some(sha) = &job.data.tokenizer_sha256 {
@@ -329,9 +397,15 @@ pub fn run_distill(job: &DistillJob) -> Result<DistillOutcome> {
     let eval_shards = ShardSet::open(&job.data.shards)?;
     let has_validation = eval_shards.splits().iter().any(|s| s == "validation");
 
-    tch::manual_seed(job.train.seed as i64);
+    // libtorch's generator is process-global: ranks on threads of one process
+    // (dist::LocalGroup) must not interleave their seeded initialisations.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let vs = nn::VarStore::new(job.device);
-    let mut student = Gpt2LmHeadModel::new(&vs.root(), &job.student)?;
+    let mut student = {
+        let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(job.train.seed as i64);
+        Gpt2LmHeadModel::new(&vs.root(), &job.student)?
+    };
     student.set_compute_kind(job.train.precision.compute_kind())?;
 
     let inner = ShardBatches::new(
@@ -351,24 +425,35 @@ pub fn run_distill(job: &DistillJob) -> Result<DistillOutcome> {
         items: items.clone(),
     };
 
-    let mut trainer = Trainer::new(job.train.clone(), &vs, &job.run_dir, job.resume)?;
+    let group = match group {
+        Some(g) => g,
+        None => mome_core::dist::init_from_env(job.device)?.map(GroupHandle::new),
+    };
+    let mut trainer = Trainer::with_group(
+        job.train.clone(),
+        &vs,
+        &job.run_dir,
+        job.resume,
+        group.clone(),
+    )?;
+    let rank = trainer.rank();
     let start_step = trainer.step();
     let dm_path = job.run_dir.join(DISTILL_METRICS);
     let resumed = trainer.resumed_from().is_some();
-    let mut dm = MetricsWriter::open(&dm_path, resumed.then_some(start_step))?;
     let mut strategy: Box<dyn WeightStrategy> = job.distill.strategy.build(job.train.max_steps)?;
     if resumed && strategy.needs_losses() {
-        for line in read_metrics(&dm_path)? {
-            let (Some(step), Some(ce), Some(kd)) = (
-                line["step"].as_u64(),
-                line["ce"].as_f64(),
-                line["kd"].as_f64(),
-            ) else {
-                continue;
-            };
+        for (step, ce, kd) in strategy_history(&dm_path, start_step)? {
             strategy.weights(step, ce, kd);
         }
     }
+    let mut dm = if trainer.is_primary() {
+        Some(MetricsWriter::open(
+            &dm_path,
+            resumed.then_some(start_step),
+        )?)
+    } else {
+        None
+    };
 
     let cfg = &job.train;
     let ga = cfg.grad_accum;
@@ -406,7 +491,11 @@ pub fn run_distill(job: &DistillJob) -> Result<DistillOutcome> {
                 }
                 TeacherImpl::Cache(cache) => {
                     let it = items.borrow();
-                    let refs: Vec<(&str, usize)> = it
+                    let (start, len) = match &group {
+                        Some(g) => g.rows(it.len())?,
+                        None => (0, it.len()),
+                    };
+                    let refs: Vec<(&str, usize)> = it[start..start + len]
                         .iter()
                         .map(|r| (domains[r.domain].as_str(), r.index))
                         .collect();
@@ -422,11 +511,14 @@ pub fn run_distill(job: &DistillJob) -> Result<DistillOutcome> {
             Some(w) => w,
             None => {
                 let kd_t = kd.as_ref().expect("adaptive strategies always compute KD");
-                let v = Vec::<f64>::try_from(
-                    &Tensor::f_stack(&[ce.f_detach()?, kd_t.f_detach()?], 0)?
-                        .f_to_kind(Kind::Double)?
-                        .f_to_device(Device::Cpu)?,
-                )?;
+                let both = Tensor::f_stack(&[ce.f_detach()?, kd_t.f_detach()?], 0)?
+                    .f_to_kind(Kind::Float)?;
+                if let Some(g) = &group {
+                    // The global batch's losses: the same weights on every rank.
+                    g.all_reduce_mean(std::slice::from_ref(&both))?;
+                }
+                let v =
+                    Vec::<f64>::try_from(&both.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
                 strategy.weights(step, v[0], v[1])
             }
         };
@@ -449,7 +541,7 @@ pub fn run_distill(job: &DistillJob) -> Result<DistillOutcome> {
             kd: kd.as_ref().map(|k| k.f_detach()).transpose()?,
         });
         if micro + 1 == ga && is_flush_step(step) {
-            flush(&mut pending, &mut dm)?;
+            flush(&mut pending, dm.as_mut(), group.as_ref())?;
         }
         Ok(loss)
     };
@@ -485,12 +577,15 @@ pub fn run_distill(job: &DistillJob) -> Result<DistillOutcome> {
         &extra,
     )?;
     let model_dir = job.run_dir.join("model");
-    student.save_pretrained(&model_dir)?;
+    if rank == 0 {
+        student.save_pretrained(&model_dir)?;
+    }
     Ok(DistillOutcome {
         summary,
         model_dir,
         metrics: job.run_dir.join("metrics.jsonl"),
         distill_metrics: dm_path,
+        rank,
     })
 }
 

@@ -196,10 +196,18 @@ fn step_logits(
             let cache = caches
                 .get_mut(id)
                 .ok_or_else(|| Error::Routing(format!("internal: no cache for {id:?}")))?;
-            let h = stack
-                .forward(&h0, Some(mask), Some(cache), false, false)?
-                .last_hidden_state;
-            let last = h.select(1, h.size()[1] - 1).to_kind(Kind::Float);
+            let dev = model.expert_device(*id);
+            let h = if dev == h0.device() {
+                stack.forward(&h0, Some(mask), Some(cache), false, false)?
+            } else {
+                let m = mask.f_to_device(dev)?;
+                stack.forward(&h0.f_to_device(dev)?, Some(&m), Some(cache), false, false)?
+            }
+            .last_hidden_state;
+            let last = h
+                .select(1, h.size()[1] - 1)
+                .to_kind(Kind::Float)
+                .to_device(h0.device());
             sum = Some(match sum {
                 None => last,
                 Some(s) => s + last,

@@ -15,18 +15,24 @@
 //! The teacher is online (`teacher = { dir = ... }`: run on each batch) or a top-K
 //! teacher cache (`teacher = { cache = ... }`, from `mome teacher-cache build`:
 //! the batch's rows are read by `(domain, sequence index)`), as in `mome distill`.
+//! Data parallel ([`LossContext::group`]): CE and KD are averaged over the ranks
+//! before they reach the strategy and the metrics file (adaptive weights are those
+//! of the global batch, equal on every rank); rank 0 alone writes the file; a
+//! teacher cache is read for the rank's rows only (the items it is given).
+//!
 //! A cache is checked against the student's vocabulary and the temperature (and,
 //! with `dir` too, that teacher's weights) in [`DistillLoss::new`], and against the
 //! training shards in [`MoeLoss::begin`], before any step.
 
-use mome_core::metrics::{read_metrics, MetricsWriter};
+use mome_core::dist::GroupHandle;
+use mome_core::metrics::MetricsWriter;
 use mome_data::sampler::SeqRef;
 use mome_data::shards::ShardSet;
 use mome_distill::cache::TeacherCache;
 use mome_distill::losses::{kd_loss, KdLoss, Teacher};
 use mome_distill::strategy::WeightStrategy;
 use mome_distill::teacher::load_teacher;
-use mome_distill::{DistillSettings, TeacherSection, DISTILL_METRICS};
+use mome_distill::{strategy_history, DistillSettings, TeacherSection, DISTILL_METRICS};
 use mome_experts::{causal_lm_loss, Gpt2Config, Gpt2Input, Gpt2LmHeadModel};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -44,6 +50,8 @@ pub struct DistillLoss {
     settings: DistillSettings,
     strategy: Option<Box<dyn WeightStrategy>>,
     writer: Option<MetricsWriter>,
+    group: Option<GroupHandle>,
+    begun: bool,
     start_step: u64,
     grad_accum: u64,
     calls: u64,
@@ -138,6 +146,8 @@ impl DistillLoss {
             settings: settings.clone(),
             strategy: None,
             writer: None,
+            group: None,
+            begun: false,
             start_step: 0,
             grad_accum: 1,
             calls: 0,
@@ -167,20 +177,23 @@ impl MoeLoss for DistillLoss {
         self.domains = ctx.domains.to_vec();
         let mut strategy = self.settings.strategy.build(ctx.train.max_steps)?;
         let path = ctx.run_dir.join(DISTILL_METRICS);
-        let writer = MetricsWriter::open(&path, ctx.resumed.then_some(ctx.start_step))?;
         if ctx.resumed && strategy.needs_losses() {
-            for line in read_metrics(&path)? {
-                if let (Some(step), Some(ce), Some(kd)) = (
-                    line["step"].as_u64(),
-                    line["ce"].as_f64(),
-                    line["kd"].as_f64(),
-                ) {
-                    strategy.weights(step, ce, kd);
-                }
+            for (step, ce, kd) in strategy_history(&path, ctx.start_step)? {
+                strategy.weights(step, ce, kd);
             }
         }
+        let primary = ctx.group.is_none_or(|g| g.rank() == 0);
+        self.writer = if primary {
+            Some(MetricsWriter::open(
+                &path,
+                ctx.resumed.then_some(ctx.start_step),
+            )?)
+        } else {
+            None
+        };
         self.strategy = Some(strategy);
-        self.writer = Some(writer);
+        self.group = ctx.group.cloned();
+        self.begun = true;
         self.start_step = ctx.start_step;
         self.grad_accum = ctx.train.grad_accum.max(1);
         self.calls = 0;
@@ -194,7 +207,7 @@ impl MoeLoss for DistillLoss {
         domain: usize,
         items: &[SeqRef],
     ) -> Result<Tensor> {
-        let (Some(strategy), Some(writer)) = (self.strategy.as_mut(), self.writer.as_mut()) else {
+        let (true, Some(strategy)) = (self.begun, self.strategy.as_mut()) else {
             return Err(Error::Config(
                 "internal: DistillLoss used before begin() (train it with train_moe)".into(),
             ));
@@ -256,20 +269,23 @@ impl MoeLoss for DistillLoss {
         let parts: Vec<Tensor> = std::iter::once(ce.detach())
             .chain(kd.iter().map(|k| k.detach()))
             .collect();
-        let vals = Vec::<f64>::try_from(
-            &Tensor::f_stack(&parts, 0)?
-                .f_to_kind(Kind::Double)?
-                .f_to_device(Device::Cpu)?,
-        )?;
+        let both = Tensor::f_stack(&parts, 0)?.f_to_kind(Kind::Float)?;
+        if let Some(g) = &self.group {
+            // The global batch's values: the same weights on every rank.
+            g.all_reduce_mean(std::slice::from_ref(&both))?;
+        }
+        let vals = Vec::<f64>::try_from(&both.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
         let kd_value = kd.as_ref().map(|_| vals[1]);
         let (alpha, beta) = match planned {
             Some(w) => w,
             None => strategy.weights(step, vals[0], kd_value.unwrap_or(f64::NAN)),
         };
-        writer.write(&serde_json::json!({
-            "kind": "distill", "step": step, "micro": micro, "domain": domain,
-            "alpha": alpha, "beta": beta, "ce": vals[0], "kd": kd_value,
-        }))?;
+        if let Some(writer) = self.writer.as_mut() {
+            writer.write(&serde_json::json!({
+                "kind": "distill", "step": step, "micro": micro, "domain": domain,
+                "alpha": alpha, "beta": beta, "ce": vals[0], "kd": kd_value,
+            }))?;
+        }
         Ok(match &kd {
             Some(k) if beta != 0.0 => {
                 if alpha != 0.0 {

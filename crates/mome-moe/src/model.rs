@@ -129,6 +129,9 @@ pub struct MoeModel {
     common: Option<Expert>,
     compute_kind: Kind,
     device: Device,
+    /// Experts whose blocks live on another device than the model's (expert
+    /// parallelism, [`MoeModel::place_expert`]).
+    placement: BTreeMap<ExpertId, Device>,
 }
 
 impl MoeModel {
@@ -182,7 +185,54 @@ impl MoeModel {
             common,
             compute_kind: Kind::Float,
             device: p.device(),
+            placement: BTreeMap::new(),
         })
+    }
+
+    /// Expert parallelism: moves the blocks (the GPT-2 stack) of expert `id` to
+    /// `device`. The embeddings and LM heads stay on the model's device
+    /// ([`MoeModel::device`]); in the forward pass the expert's input hidden states
+    /// go to its device and its output comes back (autograd carries the gradients
+    /// across), so experts on different GPUs of one process run one after the
+    /// other, each on its own GPU's memory. AdamW and gradient clipping of mome-core
+    /// handle parameters on several devices. Checkpoints and saved models are
+    /// device-independent; a loaded model is on one device until placed again.
+    pub fn place_expert(&mut self, id: ExpertId, device: Device) -> Result<()> {
+        let x = self.expert(id)?;
+        tch::no_grad(|| -> Result<()> {
+            for (_, t) in x.stack.named_parameters() {
+                if t.device() != device {
+                    let moved = t.f_to_device(device)?;
+                    let mut t = t;
+                    t.f_set_data(&moved)?;
+                }
+            }
+            Ok(())
+        })?;
+        if device == self.device {
+            self.placement.remove(&id);
+        } else {
+            self.placement.insert(id, device);
+        }
+        Ok(())
+    }
+
+    /// Places the experts over `devices` in turn: the domain experts in order, then
+    /// the common expert (with `[cuda:0, cuda:1]` and domains en, fr, de, py: en and
+    /// de on GPU 0, fr and py on GPU 1). See [`MoeModel::place_expert`].
+    pub fn place_experts(&mut self, devices: &[Device]) -> Result<()> {
+        if devices.is_empty() {
+            return Err(Error::Config("place_experts: no devices given".into()));
+        }
+        for (k, id) in self.expert_ids().into_iter().enumerate() {
+            self.place_expert(id, devices[k % devices.len()])?;
+        }
+        Ok(())
+    }
+
+    /// The device of expert `id`'s blocks.
+    pub fn expert_device(&self, id: ExpertId) -> Device {
+        self.placement.get(&id).copied().unwrap_or(self.device)
     }
 
     /// The configuration.
@@ -509,16 +559,24 @@ impl MoeModel {
                 Some(h) => h.index_select(0, &idx),
                 None => self.embed(x.emb, &ids.index_select(0, &idx), train)?,
             };
+            let dev = self.expert_device(*id);
+            let h_in = if dev == self.device {
+                h_in
+            } else {
+                h_in.f_to_device(dev)?
+            };
             let out = x.stack.forward(&h_in, None, None, false, train)?;
+            let mut h_out = out.last_hidden_state.f_to_kind(Kind::Float)?;
+            if dev != self.device {
+                h_out = h_out.f_to_device(self.device)?;
+            }
             let entry = sums.entry(x.emb).or_insert_with(|| {
                 (
                     Tensor::zeros([b, t, e.n_embd], (Kind::Float, self.device)),
                     Vec::new(),
                 )
             });
-            entry.0 = entry
-                .0
-                .index_add(0, &idx, &out.last_hidden_state.to_kind(Kind::Float));
+            entry.0 = entry.0.index_add(0, &idx, &h_out);
             entry.1.extend(rows);
         }
         let k = self.compute_kind;

@@ -8,6 +8,13 @@
 //! the common expert (MoE-CE), are trained on every batch. With `grad_accum > 1`,
 //! the experts of all micro-batches of a step are trainable in that step.
 //!
+//! **Data parallel** (under `mome launch --gpus N`, or [`train_moe_with_group`]):
+//! every rank draws the same global batch (so the same domain, and the same
+//! trainable experts) and trains on its `1/N` of the rows through mome-core's
+//! [`Trainer`]; the [`MoeLoss`] gets the items of the rank's rows and the group in
+//! [`LossContext::group`] (to average values over the ranks, as [`crate::kd::DistillLoss`]
+//! does). The frozen experts have no gradient and are skipped by the all-reduce.
+//!
 //! Loss: [`MoeLoss`] gets `(logits, ids, domain, items)` (`items`: the batch's
 //! sequences, row order, as [`SeqRef`]s into the source's domains) and returns the
 //! scalar loss.
@@ -22,6 +29,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use mome_core::data::ShardBatches;
+use mome_core::dist::GroupHandle;
 use mome_core::trainer::{BatchSource, TrainConfig, TrainSummary, Trainer};
 use mome_data::sampler::SeqRef;
 use mome_data::shards::ShardSet;
@@ -49,6 +57,10 @@ pub struct LossContext<'a> {
     pub split: &'a str,
     /// The source's domains, in order ([`SeqRef::domain`] indexes them).
     pub domains: &'a [String],
+    /// The process group of a data-parallel run (`None`: one process). Every rank
+    /// calls the loss at the same points: values of the global batch are the mean
+    /// over the ranks; rank 0 alone writes files.
+    pub group: Option<&'a GroupHandle>,
 }
 
 /// The training loss of one batch of a known domain.
@@ -150,7 +162,8 @@ pub struct RunOptions<'a> {
 ///
 /// Runs mome-core's [`Trainer`] in `run_dir` (checkpoints, `metrics.jsonl`, exact
 /// resume with `resume`); `eval_fn` is handed to the trainer as is. Every parameter
-/// is trainable again afterwards, also on error.
+/// is trainable again afterwards, also on error. Under `mome launch --gpus N` it is
+/// data parallel over NCCL (see the module docs).
 pub fn train_moe(
     model: &MoeModel,
     vs: &nn::VarStore,
@@ -160,6 +173,12 @@ pub fn train_moe(
     loss: &mut dyn MoeLoss,
     eval_fn: Option<&mut dyn FnMut(u64) -> mome_core::Result<serde_json::Value>>,
 ) -> Result<TrainSummary> {
+    check_trainable(model, &source)?;
+    let group = mome_core::dist::init_from_env(vs.device())?.map(GroupHandle::new);
+    train_moe_with_group(model, vs, source, cfg, run, loss, eval_fn, group)
+}
+
+fn check_trainable(model: &MoeModel, source: &ShardBatches) -> Result<Vec<usize>> {
     if model.arch() == Arch::Ple {
         return Err(Error::Config(
             "PLE experts are trained separately (distillation) and frozen; train jeet or moe-ce"
@@ -180,6 +199,23 @@ pub fn train_moe(
             model.domains()
         )));
     }
+    Ok(to_expert)
+}
+
+/// Like [`train_moe`] as one rank of `group` (`None`: a single process, whatever the
+/// environment says). Every rank calls this with the same model, source and config.
+#[allow(clippy::too_many_arguments)]
+pub fn train_moe_with_group(
+    model: &MoeModel,
+    vs: &nn::VarStore,
+    source: ShardBatches,
+    cfg: TrainConfig,
+    run: &RunOptions<'_>,
+    loss: &mut dyn MoeLoss,
+    eval_fn: Option<&mut dyn FnMut(u64) -> mome_core::Result<serde_json::Value>>,
+    group: Option<GroupHandle>,
+) -> Result<TrainSummary> {
+    let to_expert = check_trainable(model, &source)?;
     let setting = crate::routing::ResolvedSetting::new(
         &Setting::routed(model.config().common_expert),
         model.config(),
@@ -187,7 +223,7 @@ pub fn train_moe(
     let ga = cfg.grad_accum.max(1);
     model.set_all_trainable(true);
     let train_cfg = cfg.clone();
-    let mut trainer = Trainer::new(cfg, vs, run.run_dir, run.resume)?;
+    let mut trainer = Trainer::with_group(cfg, vs, run.run_dir, run.resume, group.clone())?;
     loss.begin(&LossContext {
         run_dir: run.run_dir,
         start_step: trainer.step(),
@@ -196,6 +232,7 @@ pub fn train_moe(
         shards: source.shards(),
         split: source.split(),
         domains: source.domains(),
+        group: group.as_ref(),
     })?;
     let last = Rc::new(Cell::new(None));
     let items = Rc::new(RefCell::new(Vec::new()));
@@ -223,7 +260,12 @@ pub fn train_moe(
         let b = ids.size()[0] as usize;
         let choices = vec![ExpertChoice::label(d, n); b];
         let out = model.forward_resolved(ids, &choices, &setting, true)?;
-        Ok(loss.loss(&out.logits, ids, d, &items.borrow())?)
+        let items = items.borrow();
+        let (start, len) = match &group {
+            Some(g) => g.rows(items.len())?,
+            None => (0, items.len()),
+        };
+        Ok(loss.loss(&out.logits, ids, d, &items[start..start + len])?)
     };
     let config_json = serde_json::to_vec_pretty(model.config())?;
     let result = trainer.run(

@@ -26,18 +26,21 @@
 //! ([`GradBuckets`]) and divided by `N` before clipping, so the update is the one of
 //! the whole global batch on one device (same global batch semantics).
 
+mod local;
 mod session;
 
 #[cfg(feature = "nccl")]
 pub mod nccl;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
 
 use crate::{Error, Result};
 
+pub use local::LocalGroup;
 pub use session::{pid_alive, terminate, LostPeer, Session, EXIT_PEER_LOST};
 
 /// Environment variable: number of ranks.
@@ -164,6 +167,95 @@ pub trait Collective: Send + std::fmt::Debug {
     fn finish(&mut self, _outcome: std::result::Result<(), String>) {}
 }
 
+/// A process group shared between the [`crate::Trainer`] and the caller's loss code
+/// (e.g. the adaptive KD weights, which need the losses of the whole global batch):
+/// a cheap clone of one [`Collective`]. The collectives take a lock; all calls come
+/// from the training thread of the rank, in the same order on every rank.
+#[derive(Clone)]
+pub struct GroupHandle {
+    inner: Arc<Mutex<Box<dyn Collective>>>,
+    rank: usize,
+    world: usize,
+}
+
+impl std::fmt::Debug for GroupHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupHandle")
+            .field("rank", &self.rank)
+            .field("world_size", &self.world)
+            .finish()
+    }
+}
+
+impl GroupHandle {
+    /// Wraps a collective.
+    pub fn new(group: Box<dyn Collective>) -> Self {
+        let (rank, world) = (group.rank(), group.world_size());
+        Self {
+            inner: Arc::new(Mutex::new(group)),
+            rank,
+            world,
+        }
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.world
+    }
+
+    /// Runs `f` on the collective.
+    pub fn with<T>(&self, f: impl FnOnce(&mut dyn Collective) -> Result<T>) -> Result<T> {
+        let mut g = self
+            .inner
+            .lock()
+            .map_err(|_| Error::Distributed("the process group's lock is poisoned".into()))?;
+        f(g.as_mut())
+    }
+
+    /// Replaces each tensor, in place, by its sum over the ranks.
+    pub fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<()> {
+        self.with(|g| g.all_reduce_sum(tensors))
+    }
+
+    /// Replaces each tensor, in place, by its mean over the ranks.
+    pub fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<()> {
+        self.all_reduce_sum(tensors)?;
+        if self.world > 1 {
+            tch::no_grad(|| -> Result<()> {
+                for t in tensors {
+                    let _ = t.shallow_clone().f_div_scalar_(self.world as f64)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Replaces each tensor, in place, by rank `root`'s.
+    pub fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<()> {
+        self.with(|g| g.broadcast(tensors, root))
+    }
+
+    /// Marks this rank done (`Ok`) or failed (see [`Collective::finish`]).
+    pub fn finish(&self, outcome: std::result::Result<(), String>) {
+        let _ = self.with(|g| {
+            g.finish(outcome);
+            Ok(())
+        });
+    }
+
+    /// The rows `(start, len)` of a global batch of `rows` rows that this rank
+    /// trains on ([`rank_rows`]).
+    pub fn rows(&self, rows: usize) -> Result<(usize, usize)> {
+        rank_rows(rows, self.rank, self.world)
+    }
+}
+
 /// The contiguous rows `(start, len)` of a global batch of `rows` rows that rank
 /// `rank` of `world_size` trains on: rank `r` takes rows `r * rows / N .. (r + 1) *
 /// rows / N`. `rows` must be divisible by the world size (equal slices keep the mean
@@ -246,8 +338,11 @@ impl GradBuckets {
 
     /// Replaces the gradients of `params` by their mean over the ranks of `group`:
     /// each bucket's gradients are concatenated, summed over the ranks in one
-    /// collective call, divided by the world size and copied back. Every parameter
-    /// must have a gradient (the ranks run the same model on equal slices).
+    /// collective call, divided by the world size and copied back. Parameters with
+    /// `requires_grad = false` (frozen for this step, e.g. the other domain experts
+    /// of JEET training) are skipped; every other parameter must have a gradient
+    /// (the ranks run the same model on equal slices and freeze the same
+    /// parameters, so the flat buffers agree).
     pub fn all_reduce_mean(
         &self,
         group: &mut dyn Collective,
@@ -260,6 +355,9 @@ impl GradBuckets {
                 let mut gs = Vec::with_capacity(bucket.len());
                 for &i in bucket {
                     let (name, p) = &params[i];
+                    if !p.requires_grad() {
+                        continue;
+                    }
                     let g = p.grad();
                     if !g.defined() {
                         return Err(Error::Distributed(format!(
@@ -269,6 +367,9 @@ impl GradBuckets {
                         )));
                     }
                     gs.push(g);
+                }
+                if gs.is_empty() {
+                    continue;
                 }
                 let views = gs
                     .iter()
