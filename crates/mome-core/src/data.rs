@@ -17,6 +17,8 @@ pub struct ShardBatches {
     buf: Vec<i64>,
     last_domain: Option<usize>,
     last_items: Vec<SeqRef>,
+    /// Data parallel: (rank, world) whose rows alone are read.
+    slice: Option<(usize, usize)>,
 }
 
 impl ShardBatches {
@@ -33,7 +35,8 @@ impl ShardBatches {
 
     /// The sequences of the last batch, in row order: (domain index into
     /// [`ShardBatches::domains`], sequence index within that domain). Lets a caller
-    /// map batch rows to per-sequence side data (e.g. a teacher cache).
+    /// map batch rows to per-sequence side data (e.g. a teacher cache). With
+    /// [`BatchSource::read_rank_slice`], the rank's rows only.
     pub fn last_items(&self) -> &[SeqRef] {
         &self.last_items
     }
@@ -58,6 +61,7 @@ impl ShardBatches {
             buf: Vec::new(),
             last_domain: None,
             last_items: Vec::new(),
+            slice: None,
         })
     }
 }
@@ -66,9 +70,16 @@ impl BatchSource for ShardBatches {
     fn next_batch(&mut self) -> Result<Tensor> {
         let batch = self.sampler.next_batch();
         self.last_domain = batch.domain;
+        let items = match self.slice {
+            Some((rank, world)) => {
+                let (start, len) = crate::dist::rank_rows(batch.items.len(), rank, world)?;
+                &batch.items[start..start + len]
+            }
+            None => &batch.items[..],
+        };
         let seq_len = self.shards.seq_len();
-        self.buf.resize(batch.items.len() * seq_len, 0);
-        for (i, item) in batch.items.iter().enumerate() {
+        self.buf.resize(items.len() * seq_len, 0);
+        for (i, item) in items.iter().enumerate() {
             let domain = &self.sampler.domains()[item.domain];
             self.shards.read_sequence(
                 &self.split,
@@ -77,8 +88,9 @@ impl BatchSource for ShardBatches {
                 &mut self.buf[i * seq_len..(i + 1) * seq_len],
             )?;
         }
-        self.last_items.clone_from(&batch.items);
-        Ok(Tensor::from_slice(&self.buf).view([batch.items.len() as i64, seq_len as i64]))
+        self.last_items.clear();
+        self.last_items.extend_from_slice(items);
+        Ok(Tensor::from_slice(&self.buf).view([items.len() as i64, seq_len as i64]))
     }
 
     fn state(&self) -> serde_json::Value {
@@ -91,5 +103,11 @@ impl BatchSource for ShardBatches {
             reason: format!("bad sampler state in checkpoint: {e}"),
         })?;
         Ok(self.sampler.restore(&s)?)
+    }
+
+    fn read_rank_slice(&mut self, rank: usize, world: usize) -> Result<bool> {
+        crate::dist::rank_rows(world, rank, world)?;
+        self.slice = (world > 1).then_some((rank, world));
+        Ok(true)
     }
 }

@@ -43,4 +43,4 @@ pub mod progress;
 pub mod schedule;
 pub mod trainer;
 
-pub use trainer::{BatchSource, TrainConfig, TrainSummary, Trainer};
+pub use trainer::{BatchSource, GradReduce, TrainConfig, TrainSummary, Trainer};

@@ -21,9 +21,10 @@
 //! with a [`Collective`], or [`Trainer::with_group`]): one process per device (or,
 //! with [`crate::dist::LocalGroup`], one thread per rank). At the start the variables are
 //! broadcast from rank 0 and the ranks check that they resumed from the same step.
-//! Every rank draws the same global batch from the source and trains on its
+//! Every rank moves through the source's global batches and trains on its
 //! contiguous `1/N` of the rows ([`crate::dist::rank_rows`]; the batch must divide
-//! evenly); after the `grad_accum` micro-batches the gradients are summed over the
+//! evenly): a source that supports [`BatchSource::read_rank_slice`] (the token
+//! shards) reads only those rows, any other is read whole and sliced; after the `grad_accum` micro-batches the gradients are summed over the
 //! ranks in flat buckets and divided by `N` (step 3 then clips the global gradient):
 //! the update is the one of the global batch on one device. Rank 0 alone writes
 //! metrics, checkpoints and progress and runs `eval_fn`; logged losses are the mean
@@ -58,6 +59,14 @@ pub trait BatchSource {
     fn state(&self) -> serde_json::Value;
     /// Continues from a position returned by [`BatchSource::state`].
     fn restore(&mut self, state: &serde_json::Value) -> Result<()>;
+    /// Data parallel: from now on, return only rank `rank`'s contiguous `1/world` of
+    /// the rows of every batch ([`crate::dist::rank_rows`]) while moving through the
+    /// data exactly as the whole batch would (so that [`BatchSource::state`] stays
+    /// the global position). `Ok(false)` (the default): the source cannot, and the
+    /// trainer reads whole batches and keeps its rows.
+    fn read_rank_slice(&mut self, _rank: usize, _world: usize) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 fn default_grad_accum() -> u64 {
@@ -116,6 +125,33 @@ pub struct TrainConfig {
     /// No progress output.
     #[serde(default)]
     pub quiet: bool,
+    /// Data parallel: the dtype in which gradients cross between the GPUs
+    /// (`fp32`, default; `bf16` halves the traffic, rounding each rank's gradient to
+    /// bf16 before the sum, as DeepSpeed's bf16 communication does). Ignored with
+    /// one process.
+    #[serde(default)]
+    pub grad_reduce: GradReduce,
+}
+
+/// The dtype of the data-parallel gradient all-reduce ([`TrainConfig::grad_reduce`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GradReduce {
+    /// The gradients' own dtype (fp32 master gradients): exact up to summation order.
+    #[default]
+    Fp32,
+    /// Cast to bf16 for the all-reduce, back to fp32 after.
+    Bf16,
+}
+
+impl GradReduce {
+    /// The tensor kind the gradients are reduced in (`None`: their own).
+    pub fn kind(self) -> Option<Kind> {
+        match self {
+            GradReduce::Fp32 => None,
+            GradReduce::Bf16 => Some(Kind::BFloat16),
+        }
+    }
 }
 
 impl TrainConfig {
@@ -139,6 +175,7 @@ impl TrainConfig {
             seed: 0,
             precision: Precision::Fp32,
             quiet: false,
+            grad_reduce: GradReduce::Fp32,
         }
     }
 
@@ -648,6 +685,8 @@ impl Trainer {
         let mut window_start = Instant::now();
         let (mut final_loss, mut last_checkpoint, mut last_eval) = (None, None, None);
         let ga = self.cfg.grad_accum;
+        // Each rank reads its own rows when the source can (shards: yes).
+        let sliced = world > 1 && source.read_rank_slice(rank, world)?;
 
         while self.step < self.cfg.max_steps {
             let step = self.step + 1;
@@ -655,9 +694,11 @@ impl Trainer {
             let mut step_loss = zero()?;
             for _ in 0..ga {
                 let batch = source.next_batch()?;
-                window_tokens += batch.numel() as u64;
-                self.tokens_seen += batch.numel() as u64;
-                let batch = if world > 1 {
+                // Token counts are global.
+                let tokens = batch.numel() as u64 * if sliced { world as u64 } else { 1 };
+                window_tokens += tokens;
+                self.tokens_seen += tokens;
+                let batch = if world > 1 && !sliced {
                     let rows = batch.size().first().copied().unwrap_or(0).max(0) as usize;
                     let (start, len) = rank_rows(rows, rank, world)?;
                     batch.f_narrow(0, start as i64, len as i64)?
@@ -679,7 +720,8 @@ impl Trainer {
             let step_loss = step_loss.f_div_scalar(ga as f64)?;
             if let Some(d) = self.dist.as_ref() {
                 let (buckets, params) = (&self.buckets, &self.named_params);
-                d.with(|g| buckets.all_reduce_mean(g, params))?;
+                let kind = self.cfg.grad_reduce.kind();
+                d.with(|g| buckets.all_reduce_mean_as(g, params, kind))?;
             }
             let mut norm = grad_norm_tensor(&self.params)?;
             if let Some(n) = norm.as_mut() {

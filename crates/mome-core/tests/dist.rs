@@ -467,6 +467,31 @@ fn two_ranks_match_one_process_on_the_global_batch() {
 
 /// Both ranks resume from rank 0's checkpoint and continue exactly like a straight
 /// run; ranks at different steps are refused.
+/// `grad_reduce = "bf16"`: the gradients cross in bf16, so the run is close to the
+/// fp32 one but not equal to it.
+#[test]
+fn bf16_gradient_reduction_is_close_to_fp32() {
+    let _g = lock();
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let single = train_single(a.path(), dp_cfg(12, 1), 8);
+    let (fp32, _) = train_dp(2, b.path(), dp_cfg(12, 1), 8);
+    let mut cfg = dp_cfg(12, 1);
+    cfg.grad_reduce = mome_core::GradReduce::Bf16;
+    let (bf16, _) = train_dp(2, c.path(), cfg, 8);
+    assert!(max_diff(&single, &fp32) < 1e-4);
+    let d = max_diff(&single, &bf16);
+    assert!(d > 1e-6, "bf16 reduction left the weights unchanged ({d})");
+    assert!(d < 2e-2, "bf16 reduction moved the weights by {d}");
+    let (l1, l3) = (losses(a.path()), losses(c.path()));
+    for (x, y) in l1.iter().zip(&l3) {
+        assert!((x - y).abs() <= 1e-2 * x.abs().max(1.0), "{l1:?} vs {l3:?}");
+    }
+}
+
 #[test]
 fn ranks_resume_from_the_same_checkpoint() {
     let _g = lock();

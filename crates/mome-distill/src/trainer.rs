@@ -16,7 +16,8 @@
 //! **Data parallel** (under `mome launch --gpus N`, or [`run_distill_with_group`]):
 //! every rank draws the same global batch and trains on its `1/N` of the rows
 //! (mome-core's [`Trainer`]); the online teacher runs on the rank's rows, a teacher
-//! cache is read for the rank's rows only. The CE and KD values are averaged over
+//! cache is read for the rank's rows only (each rank reads only its rows of the
+//! shards). The CE and KD values are averaged over
 //! the ranks before they reach the weighting strategy (adaptive weights are those of
 //! the global batch, the same on every rank) and before they are written; rank 0
 //! alone writes `distill_metrics.jsonl`, checkpoints and `model/`. The global batch
@@ -31,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use mome_core::data::ShardBatches;
-use mome_core::dist::{DistEnv, GroupHandle};
+use mome_core::dist::{local_items, DistEnv, GroupHandle};
 use mome_core::metrics::{read_metrics, MetricsWriter};
 use mome_core::trainer::{BatchSource, TrainConfig, TrainSummary, Trainer};
 use mome_data::sampler::{SamplerConfig, SamplerKind, SeqRef};
@@ -203,6 +204,9 @@ impl BatchSource for TrackedBatches {
     }
     fn restore(&mut self, state: &serde_json::Value) -> mome_core::Result<()> {
         self.inner.restore(state)
+    }
+    fn read_rank_slice(&mut self, rank: usize, world: usize) -> mome_core::Result<bool> {
+        self.inner.read_rank_slice(rank, world)
     }
 }
 
@@ -491,11 +495,8 @@ fn run_distill_inner(
                 }
                 TeacherImpl::Cache(cache) => {
                     let it = items.borrow();
-                    let (start, len) = match &group {
-                        Some(g) => g.rows(it.len())?,
-                        None => (0, it.len()),
-                    };
-                    let refs: Vec<(&str, usize)> = it[start..start + len]
+                    let rows = ids.size().first().copied().unwrap_or(0).max(0) as usize;
+                    let refs: Vec<(&str, usize)> = local_items(&it, rows, group.as_ref())?
                         .iter()
                         .map(|r| (domains[r.domain].as_str(), r.index))
                         .collect();

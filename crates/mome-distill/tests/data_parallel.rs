@@ -36,16 +36,15 @@ fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Runs `job` as `world` ranks on threads; returns each rank's outcome rank.
-fn run_ranks(job: &DistillJob, world: usize) -> Vec<usize> {
+/// Runs `job` as `world` ranks on threads; returns each rank's (rank, tokens seen).
+fn run_ranks(job: &DistillJob, world: usize) -> Vec<(usize, u64)> {
     let handles: Vec<_> = LocalGroup::new(world)
         .into_iter()
         .map(|g| {
             let job = job.clone();
             std::thread::spawn(move || {
-                run_distill_with_group(&job, Some(GroupHandle::new(Box::new(g))))
-                    .unwrap()
-                    .rank
+                let o = run_distill_with_group(&job, Some(GroupHandle::new(Box::new(g)))).unwrap();
+                (o.rank, o.summary.tokens_seen)
             })
         })
         .collect();
@@ -154,7 +153,11 @@ fn two_ranks_distil_like_one_process() {
             teacher.clone(),
             strategy.clone(),
         );
-        run_distill_with_group(&single, None).unwrap();
+        let tokens = run_distill_with_group(&single, None)
+            .unwrap()
+            .summary
+            .tokens_seen;
+        assert_eq!(tokens, 10 * 8 * SEQ as u64);
         let dp = dp_job(
             root.path(),
             &format!("{name}-2"),
@@ -162,7 +165,8 @@ fn two_ranks_distil_like_one_process() {
             teacher,
             strategy,
         );
-        assert_eq!(run_ranks(&dp, 2), vec![0, 1]);
+        // Each rank reads its 4 rows of the shards; the token counts are global.
+        assert_eq!(run_ranks(&dp, 2), vec![(0, tokens), (1, tokens)]);
         compare(&single.run_dir, &dp.run_dir, 10);
         // Rank 0 alone wrote checkpoints and the model.
         assert_eq!(

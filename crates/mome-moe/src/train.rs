@@ -29,7 +29,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use mome_core::data::ShardBatches;
-use mome_core::dist::GroupHandle;
+use mome_core::dist::{local_items, GroupHandle};
 use mome_core::trainer::{BatchSource, TrainConfig, TrainSummary, Trainer};
 use mome_data::sampler::SeqRef;
 use mome_data::shards::ShardSet;
@@ -137,6 +137,9 @@ impl BatchSource for DomainSource {
     }
     fn restore(&mut self, state: &serde_json::Value) -> mome_core::Result<()> {
         self.inner.restore(state)
+    }
+    fn read_rank_slice(&mut self, rank: usize, world: usize) -> mome_core::Result<bool> {
+        self.inner.read_rank_slice(rank, world)
     }
 }
 
@@ -261,11 +264,8 @@ pub fn train_moe_with_group(
         let choices = vec![ExpertChoice::label(d, n); b];
         let out = model.forward_resolved(ids, &choices, &setting, true)?;
         let items = items.borrow();
-        let (start, len) = match &group {
-            Some(g) => g.rows(items.len())?,
-            None => (0, items.len()),
-        };
-        Ok(loss.loss(&out.logits, ids, d, &items[start..start + len])?)
+        let local = local_items(&items, b, group.as_ref())?;
+        Ok(loss.loss(&out.logits, ids, d, local)?)
     };
     let config_json = serde_json::to_vec_pretty(model.config())?;
     let result = trainer.run(

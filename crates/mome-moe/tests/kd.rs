@@ -15,6 +15,14 @@ use mome_moe::{train_moe, Arch, DistillLoss, MoeConfig, MoeModel, RunOptions};
 use tch::{nn, Device};
 
 const VOCAB: i64 = 41;
+
+/// libtorch's generator is process-global and these runs use dropout: the tests of
+/// this file run one at a time, or their masks would interleave.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 const SEQ: usize = 10;
 
 fn shape() -> Gpt2Config {
@@ -124,6 +132,7 @@ fn run_in(
 
 #[test]
 fn kd_run_logs_kd_loss_and_alpha_and_resumes() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     shards(&tmp.path().join("shards"));
     tch::manual_seed(9);
@@ -205,6 +214,7 @@ fn kd_run_logs_kd_loss_and_alpha_and_resumes() {
 
 #[test]
 fn kd_from_teacher_cache_matches_online_teacher() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let shards_dir = tmp.path().join("shards");
     shards(&shards_dir);

@@ -256,6 +256,31 @@ impl GroupHandle {
     }
 }
 
+/// The per-row side data (e.g. a batch's sequence references) of the `local_rows`
+/// rows this rank trains on: `items` as is when it already has one entry per local
+/// row (a source that reads the rank's rows only), else the rank's slice of the
+/// global batch's `items`.
+pub fn local_items<'a, T>(
+    items: &'a [T],
+    local_rows: usize,
+    group: Option<&GroupHandle>,
+) -> Result<&'a [T]> {
+    if items.len() == local_rows {
+        return Ok(items);
+    }
+    let (start, len) = match group {
+        Some(g) => g.rows(items.len())?,
+        None => (0, items.len()),
+    };
+    if len != local_rows {
+        return Err(Error::Other(format!(
+            "{} batch items for {local_rows} rows: the source's items do not match the batch",
+            items.len()
+        )));
+    }
+    Ok(&items[start..start + len])
+}
+
 /// The contiguous rows `(start, len)` of a global batch of `rows` rows that rank
 /// `rank` of `world_size` trains on: rank `r` takes rows `r * rows / N .. (r + 1) *
 /// rows / N`. `rows` must be divisible by the world size (equal slices keep the mean
@@ -348,6 +373,17 @@ impl GradBuckets {
         group: &mut dyn Collective,
         params: &[(String, Tensor)],
     ) -> Result<()> {
+        self.all_reduce_mean_as(group, params, None)
+    }
+
+    /// [`GradBuckets::all_reduce_mean`] with the flat buckets cast to `kind` for the
+    /// collective (e.g. bf16 to halve the traffic) and back after (`None`: as is).
+    pub fn all_reduce_mean_as(
+        &self,
+        group: &mut dyn Collective,
+        params: &[(String, Tensor)],
+        kind: Option<Kind>,
+    ) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
             let mut grads: Vec<Vec<Tensor>> = Vec::with_capacity(self.buckets.len());
             let mut flats = Vec::with_capacity(self.buckets.len());
@@ -375,7 +411,13 @@ impl GradBuckets {
                     .iter()
                     .map(|g| g.f_reshape([-1]))
                     .collect::<std::result::Result<Vec<_>, _>>()?;
-                flats.push(Tensor::f_cat(&views, 0)?);
+                let mut flat = Tensor::f_cat(&views, 0)?;
+                if let Some(k) = kind {
+                    if flat.kind() != k {
+                        flat = flat.f_to_kind(k)?;
+                    }
+                }
+                flats.push(flat);
                 grads.push(gs);
             }
             group.all_reduce_sum(&flats)?;
