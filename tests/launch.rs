@@ -184,12 +184,12 @@ fn jobs_run_one_per_slot_and_failures_are_reported() {
         "{stderr}"
     );
     assert!(
-        stdout.contains("[job 2] mome "),
-        "`mome` is this binary: {stdout}"
+        stderr.contains("[job 2] mome "),
+        "`mome` is this binary: {stderr}"
     );
-    assert!(stdout.contains("[job 3] fourth"), "{stdout}");
-    let json = &stdout[stdout.find("\n{\n").expect("JSON report") + 1..];
-    let report: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert!(stderr.contains("[job 3] fourth"), "{stderr}");
+    // The jobs' output goes to stderr: stdout is the JSON report alone.
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["succeeded"], 4);
     assert_eq!(report["failed"], 1);
     let jobs = report["jobs"].as_array().unwrap();
@@ -200,8 +200,8 @@ fn jobs_run_one_per_slot_and_failures_are_reported() {
         assert_eq!(j["ok"], i != 1, "{j}");
     }
     assert_eq!(jobs[1]["status"], "exited with status 3");
-    let first = stdout.lines().find(|l| l.starts_with("[job 0] first on "));
-    assert_eq!(first, Some("[job 0] first on 0"), "{stdout}");
+    let first = stderr.lines().find(|l| l.starts_with("[job 0] first on "));
+    assert_eq!(first, Some("[job 0] first on 0"), "{stderr}");
 }
 
 #[test]

@@ -297,6 +297,44 @@ fn moe_train_with_a_teacher_logs_kd_loss_and_alpha() {
             .arg(&cfg),
     );
     assert!(e.contains("teacher"), "{e}");
+    // Expert placement: the CPU for every expert is the plain run; a device this
+    // machine lacks is an error before any work.
+    let cfg = moe_config(tmp.path(), "placed", 3, &teacher);
+    let err = String::from_utf8(
+        run_ok(
+            mome()
+                .args(["moe", "train", "--expert-devices", "cpu,cpu", "--config"])
+                .arg(&cfg),
+        )
+        .stderr,
+    )
+    .unwrap();
+    assert!(err.contains("expert placement: en→Cpu"), "{err}");
+    let placed: Vec<serde_json::Value> =
+        std::fs::read_to_string(tmp.path().join("placed/distill_metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(
+        placed, lines,
+        "placing on the model's own device changes nothing"
+    );
+    let cfg = moe_config(tmp.path(), "placed2", 3, &teacher);
+    let e = run_err(
+        mome()
+            .args([
+                "moe",
+                "train",
+                "--quiet",
+                "--expert-devices",
+                "cuda:7",
+                "--config",
+            ])
+            .arg(&cfg),
+    );
+    assert!(e.contains("cuda"), "{e}");
+    assert!(!tmp.path().join("placed2").exists());
 }
 
 #[test]

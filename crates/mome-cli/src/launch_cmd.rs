@@ -13,8 +13,9 @@
 //!   per domain). Each non-empty line of FILE not starting with `#` is a shell
 //!   command (`sh -c`; `mome` there is this binary); at most one job runs per GPU
 //!   (slot) at a time, with `CUDA_VISIBLE_DEVICES` set to its GPU. Every job runs to
-//!   its end; a JSON report of all jobs goes to stdout, and the command fails when
-//!   a job failed. Without CUDA, `--gpus` is just the number of slots.
+//!   its end; the jobs' output goes to stderr, prefixed with `[job i]`, so that
+//!   stdout holds only the JSON report of all jobs; the command fails when a job
+//!   failed. Without CUDA, `--gpus` is just the number of slots.
 //!
 //! `mome dist-selftest` (hidden) is a stand-in rank for the launcher's tests.
 
@@ -150,14 +151,20 @@ fn pump(from: impl Read + Send + 'static, prefix: String, to_stderr: bool, done:
     });
 }
 
-/// Spawns `cmd` with its stdout and stderr prefixed; returns the child.
-fn spawn_prefixed(mut cmd: Command, prefix: &str, done: &mpsc::Sender<()>) -> Result<Child> {
+/// Spawns `cmd` with its stdout and stderr prefixed (its stdout to our stderr too
+/// when `stdout_to_stderr`); returns the child.
+fn spawn_prefixed(
+    mut cmd: Command,
+    prefix: &str,
+    stdout_to_stderr: bool,
+    done: &mpsc::Sender<()>,
+) -> Result<Child> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
     if let Some(out) = child.stdout.take() {
-        pump(out, format!("{prefix} "), false, done.clone());
+        pump(out, format!("{prefix} "), stdout_to_stderr, done.clone());
     }
     if let Some(err) = child.stderr.take() {
         pump(err, format!("{prefix} "), true, done.clone());
@@ -240,7 +247,7 @@ fn run_ranks(a: &LaunchArgs) -> Result<()> {
             .env(dist::ENV_WORLD_SIZE, n.to_string())
             .env(dist::ENV_RENDEZVOUS, &dir)
             .env(dist::ENV_LAUNCHER_PID, std::process::id().to_string());
-        match spawn_prefixed(cmd, &format!("[rank {rank}]"), &done_tx) {
+        match spawn_prefixed(cmd, &format!("[rank {rank}]"), false, &done_tx) {
             Ok(c) => children.push(c),
             Err(e) => {
                 for c in &mut children {
@@ -396,7 +403,7 @@ fn run_jobs(a: &LaunchArgs, file: &Path) -> Result<()> {
                 .env_remove(dist::ENV_LAUNCHER_PID);
             eprintln!("launch: job {job} started on GPU {gpu}: {}", jobs[job]);
             let started = Instant::now();
-            match spawn_prefixed(cmd, &format!("[job {job}]"), &done_tx) {
+            match spawn_prefixed(cmd, &format!("[job {job}]"), true, &done_tx) {
                 Ok(child) => {
                     slots[slot] = Some(Running {
                         job,
