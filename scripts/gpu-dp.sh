@@ -22,26 +22,14 @@ OUT=${OUT:-runs/dp-out}
 STEPS_KD=${STEPS_KD:-200}
 STEPS_MOE=${STEPS_MOE:-60}
 mkdir -p "$OUT"
-if [ -z "${TORCH_LIB:-}" ]; then
-  TORCH_LIB=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
-fi
-export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-TOK=data/tokenizer/En_De_Fr_Py_Tokenizer/tokenizer.json
+. "$(dirname "$0")/gpu-common.sh"
+gpu_torch_env
 LOG=$OUT/log.txt
 GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
 { nvidia-smi -L; date -u; echo "gpus: $GPUS"; } >"$LOG"
 step() { echo "== $*" | tee -a "$LOG"; }
 
-if [ ! -e runs/kd-gpu-data/balanced/balance_report.json ]; then
-  "$MOME" data balance --domain en=data/demo/en.jsonl --domain fr=data/demo/fr.jsonl \
-    --domain de=data/demo/de.jsonl --domain py=data/demo/py.jsonl --valid-fraction 0.1 \
-    --seed 0 --max-diff-percent 5 --tokenizer "$TOK" --out runs/kd-gpu-data/balanced \
-    >/dev/null 2>>"$LOG"
-fi
-if [ ! -e runs/shards-1024/manifest.json ]; then
-  "$MOME" data encode --tokenizer "$TOK" --input runs/kd-gpu-data/balanced --seq-len 1024 \
-    --out runs/shards-1024 >/dev/null 2>>"$LOG"
-fi
+gpu_shards_1024 "$LOG"
 step "teacher (30 steps of configs/dp/teacher-medium.toml)"
 "$MOME" train --config configs/dp/teacher-medium.toml --max-steps 30 --quiet >>"$LOG" 2>&1
 

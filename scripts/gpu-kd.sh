@@ -13,24 +13,12 @@ set -euo pipefail
 MOME=${MOME:-target/release/mome}
 OUT=${OUT:-runs/kd-gpu-out}
 mkdir -p "$OUT"
-if [ -z "${TORCH_LIB:-}" ]; then
-  TORCH_LIB=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
-fi
-export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-TOK=data/tokenizer/En_De_Fr_Py_Tokenizer/tokenizer.json
+. "$(dirname "$0")/gpu-common.sh"
+gpu_torch_env
 LOG=$OUT/log.txt
 { nvidia-smi -L || true; date -u; } >"$LOG"
 t0=$(date +%s)
-if [ ! -e runs/kd-gpu-data/balanced/balance_report.json ]; then
-  "$MOME" data balance --domain en=data/demo/en.jsonl --domain fr=data/demo/fr.jsonl \
-    --domain de=data/demo/de.jsonl --domain py=data/demo/py.jsonl --valid-fraction 0.1 \
-    --seed 0 --max-diff-percent 5 --tokenizer "$TOK" --out runs/kd-gpu-data/balanced \
-    >"$OUT/balance.json" 2>>"$LOG"
-fi
-if [ ! -e runs/shards-1024/manifest.json ]; then
-  "$MOME" data encode --tokenizer "$TOK" --input runs/kd-gpu-data/balanced --seq-len 1024 \
-    --out runs/shards-1024 >"$OUT/encode.json" 2>>"$LOG"
-fi
+gpu_shards_1024 "$LOG"
 "$MOME" data stats runs/shards-1024 --json >"$OUT/shards.json"
 t1=$(date +%s)
 echo "data: $((t1 - t0)) s" | tee -a "$LOG"

@@ -105,6 +105,13 @@ pub struct ForgettingFile {
 
 /// Runs `mome experiment forgetting`.
 pub fn run_forgetting(a: ForgettingArgs) -> Result<()> {
+    if let Some(env) = mome_core::dist::DistEnv::from_env()? {
+        anyhow::bail!(
+            "MOME_WORLD_SIZE = {}: `mome experiment forgetting` runs one process (its \
+             regimes are independent runs: spread several studies with `mome launch --jobs FILE`)",
+            env.world_size
+        );
+    }
     let mut file: ForgettingFile = read_toml(&a.config)?;
     if let Some(o) = a.out {
         file.out_dir = o;

@@ -392,6 +392,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         &RunOptions {
             run_dir: &file.out_dir,
             resume: a.resume,
+            group: None,
         },
         loss,
         if has_validation {

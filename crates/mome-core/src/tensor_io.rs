@@ -96,6 +96,57 @@ fn to_host(name: &str, t: &Tensor) -> Result<HostTensor> {
     })
 }
 
+/// The largest absolute element difference between two lists of named tensors
+/// with the same names, in the same order, and the same shapes (any devices and
+/// float kinds; compared in fp64 on the CPU), e.g. the weights of two runs; NaN when
+/// a difference is NaN. A difference in names, order, count or shape is an error
+/// naming it.
+///
+/// ```
+/// use mome_core::tensor_io::max_abs_diff;
+/// use tch::Tensor;
+/// let a = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
+/// let b = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, 2.5]))];
+/// assert_eq!(max_abs_diff(&a, &b).unwrap(), 0.5);
+/// ```
+pub fn max_abs_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> Result<f64> {
+    if a.len() != b.len() {
+        return Err(Error::Other(format!(
+            "{} tensors against {}",
+            a.len(),
+            b.len()
+        )));
+    }
+    let mut worst = 0.0f64;
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        if na != nb || ta.size() != tb.size() {
+            return Err(Error::Other(format!(
+                "`{na}` {:?} against `{nb}` {:?}",
+                ta.size(),
+                tb.size()
+            )));
+        }
+        if ta.numel() == 0 {
+            continue;
+        }
+        let cpu = |t: &Tensor| {
+            t.f_detach()?
+                .f_to_device(Device::Cpu)?
+                .f_to_kind(Kind::Double)
+        };
+        let d = cpu(ta)?
+            .f_sub(&cpu(tb)?)?
+            .f_abs()?
+            .f_max()?
+            .f_double_value(&[])?;
+        if d.is_nan() {
+            return Ok(f64::NAN);
+        }
+        worst = worst.max(d);
+    }
+    Ok(worst)
+}
+
 /// Serialises named tensors to safetensors bytes (names must be unique).
 pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let mut host: BTreeMap<&str, HostTensor> = BTreeMap::new();

@@ -426,13 +426,7 @@ fn train_single(dir: &Path, c: TrainConfig, rows: usize) -> Vec<(String, Tensor)
 }
 
 fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|((na, ta), (nb, tb))| {
-            assert_eq!(na, nb);
-            (ta - tb).abs().max().double_value(&[])
-        })
-        .fold(0.0, f64::max)
+    mome_core::tensor_io::max_abs_diff(a, b).unwrap()
 }
 
 #[test]

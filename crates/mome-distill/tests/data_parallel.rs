@@ -26,14 +26,7 @@ fn weights(model_dir: &Path) -> Vec<(String, Tensor)> {
 }
 
 fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|((na, ta), (nb, tb))| {
-            assert_eq!(na, nb);
-            (ta - tb).abs().max().double_value(&[])
-        })
-        .fold(0.0, f64::max)
+    mome_core::tensor_io::max_abs_diff(a, b).unwrap()
 }
 
 /// Runs `job` as `world` ranks on threads; returns each rank's (rank, tokens seen).

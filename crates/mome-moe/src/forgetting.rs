@@ -566,6 +566,7 @@ fn run_moe(
         &RunOptions {
             run_dir,
             resume: true,
+            group: None,
         },
         &mut CrossEntropy,
         Some(&mut eval_fn),

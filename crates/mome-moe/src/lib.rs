@@ -42,4 +42,4 @@ pub use model::{Embeddings, MoeModel, MoeOutput};
 pub use routing::{
     check_router_classes, ExpertChoice, LabelRouter, ResolvedSetting, Routing, SequenceRouter,
 };
-pub use train::{train_moe, train_moe_with_group, CrossEntropy, LossContext, MoeLoss, RunOptions};
+pub use train::{train_moe, CrossEntropy, LossContext, MoeLoss, RunOptions};

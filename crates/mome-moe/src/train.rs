@@ -8,7 +8,7 @@
 //! the common expert (MoE-CE), are trained on every batch. With `grad_accum > 1`,
 //! the experts of all micro-batches of a step are trainable in that step.
 //!
-//! **Data parallel** (under `mome launch --gpus N`, or [`train_moe_with_group`]):
+//! **Data parallel** (under `mome launch --gpus N`, or with [`RunOptions::group`]):
 //! every rank draws the same global batch (so the same domain, and the same
 //! trainable experts) and trains on its `1/N` of the rows through mome-core's
 //! [`Trainer`]; the [`MoeLoss`] gets the items of the rank's rows and the group in
@@ -158,6 +158,9 @@ pub struct RunOptions<'a> {
     pub run_dir: &'a Path,
     /// Continue from the latest checkpoint of `run_dir`.
     pub resume: bool,
+    /// Data parallel: this rank's process group. `None`: the group the environment
+    /// describes (`mome launch`; none when `MOME_WORLD_SIZE` is not set).
+    pub group: Option<&'a GroupHandle>,
 }
 
 /// Trains a JEET or MoE-CE model (built at the root of `vs`) on `source`, whose
@@ -165,8 +168,9 @@ pub struct RunOptions<'a> {
 ///
 /// Runs mome-core's [`Trainer`] in `run_dir` (checkpoints, `metrics.jsonl`, exact
 /// resume with `resume`); `eval_fn` is handed to the trainer as is. Every parameter
-/// is trainable again afterwards, also on error. Under `mome launch --gpus N` it is
-/// data parallel over NCCL (see the module docs).
+/// is trainable again afterwards, also on error. Under `mome launch --gpus N` (or with
+/// [`RunOptions::group`]) it is data parallel (see the module docs); every rank calls
+/// it with the same model, source and config.
 pub fn train_moe(
     model: &MoeModel,
     vs: &nn::VarStore,
@@ -176,9 +180,12 @@ pub fn train_moe(
     loss: &mut dyn MoeLoss,
     eval_fn: Option<&mut dyn FnMut(u64) -> mome_core::Result<serde_json::Value>>,
 ) -> Result<TrainSummary> {
-    check_trainable(model, &source)?;
-    let group = mome_core::dist::init_from_env(vs.device())?.map(GroupHandle::new);
-    train_moe_with_group(model, vs, source, cfg, run, loss, eval_fn, group)
+    let to_expert = check_trainable(model, &source)?;
+    let group = match run.group {
+        Some(g) => Some(g.clone()),
+        None => mome_core::dist::init_from_env(vs.device())?.map(GroupHandle::new),
+    };
+    train_with(model, vs, source, cfg, run, loss, eval_fn, group, to_expert)
 }
 
 fn check_trainable(model: &MoeModel, source: &ShardBatches) -> Result<Vec<usize>> {
@@ -205,10 +212,8 @@ fn check_trainable(model: &MoeModel, source: &ShardBatches) -> Result<Vec<usize>
     Ok(to_expert)
 }
 
-/// Like [`train_moe`] as one rank of `group` (`None`: a single process, whatever the
-/// environment says). Every rank calls this with the same model, source and config.
 #[allow(clippy::too_many_arguments)]
-pub fn train_moe_with_group(
+fn train_with(
     model: &MoeModel,
     vs: &nn::VarStore,
     source: ShardBatches,
@@ -217,8 +222,8 @@ pub fn train_moe_with_group(
     loss: &mut dyn MoeLoss,
     eval_fn: Option<&mut dyn FnMut(u64) -> mome_core::Result<serde_json::Value>>,
     group: Option<GroupHandle>,
+    to_expert: Vec<usize>,
 ) -> Result<TrainSummary> {
-    let to_expert = check_trainable(model, &source)?;
     let setting = crate::routing::ResolvedSetting::new(
         &Setting::routed(model.config().common_expert),
         model.config(),

@@ -3,6 +3,8 @@
 //! from a top-K teacher cache read for each rank's rows and adaptive weights. The
 //! frozen domain experts have no gradient and are skipped by the all-reduce.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -11,13 +13,13 @@ use mome_core::data::ShardBatches;
 use mome_core::dist::{GroupHandle, LocalGroup};
 use mome_core::trainer::TrainConfig;
 use mome_data::sampler::{SamplerConfig, SamplerKind};
-use mome_data::shards::{ShardSet, ShardWriter};
+use mome_data::shards::ShardSet;
 use mome_distill::{
     build_cache, CacheBuildOptions, DistillSettings, KdLoss, StrategyConfig, TeacherSection,
     ValueDtype, DISTILL_METRICS,
 };
 use mome_experts::{Gpt2Config, Gpt2LmHeadModel};
-use mome_moe::{train_moe_with_group, Arch, DistillLoss, MoeConfig, MoeModel, RunOptions};
+use mome_moe::{train_moe, Arch, DistillLoss, MoeConfig, MoeModel, RunOptions};
 use tch::{nn, Device, Tensor};
 
 const VOCAB: i64 = 37;
@@ -27,37 +29,11 @@ const SEQ: usize = 12;
 static INIT: Mutex<()> = Mutex::new(());
 
 fn shape() -> Gpt2Config {
-    Gpt2Config {
-        vocab_size: VOCAB,
-        n_positions: 16,
-        n_embd: 16,
-        n_layer: 1,
-        n_head: 2,
-        resid_pdrop: 0.0,
-        embd_pdrop: 0.0,
-        attn_pdrop: 0.0,
-        tie_word_embeddings: false,
-        bos_token_id: Some(1),
-        eos_token_id: Some(2),
-        ..Gpt2Config::default()
-    }
+    common::expert(VOCAB, 16, 1)
 }
 
 fn make_shards(dir: &Path) {
-    let mut w = ShardWriter::new(dir, VOCAB as usize, SEQ, &"ab".repeat(32), 1, 2).unwrap();
-    for (k, d) in ["en", "fr", "py"].iter().enumerate() {
-        for split in ["train", "validation"] {
-            for i in 0..12 {
-                let row: Vec<u32> = (0..SEQ)
-                    .map(|j| {
-                        ((k * 5 + i * 3 + j * (k + 2) + i * j) % (VOCAB as usize - 3) + 3) as u32
-                    })
-                    .collect();
-                w.push_sequence(split, d, &row).unwrap();
-            }
-        }
-    }
-    w.finish().unwrap();
+    common::shards(dir, VOCAB, SEQ, 12, 5, "ab");
 }
 
 /// Trains MoE-CE in `run_dir` as one rank of `group` (`None`: one process); returns
@@ -110,15 +86,18 @@ fn train(
     t.log_every = 1;
     t.checkpoint_every = 3;
     t.clip_grad_norm = Some(1.0);
-    train_moe_with_group(
+    train_moe(
         &model,
         &vs,
         source,
         t,
-        &RunOptions { run_dir, resume },
+        &RunOptions {
+            run_dir,
+            resume,
+            group: group.as_ref(),
+        },
         &mut loss,
         None,
-        group,
     )
     .unwrap();
     let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -145,14 +124,7 @@ fn train_ranks(root: &Path, run_dir: &Path, resume: bool) -> Vec<(String, Tensor
 }
 
 fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|((na, ta), (nb, tb))| {
-            assert_eq!(na, nb);
-            (ta - tb).abs().max().double_value(&[])
-        })
-        .fold(0.0, f64::max)
+    mome_core::tensor_io::max_abs_diff(a, b).unwrap()
 }
 
 fn lines(run_dir: &Path) -> Vec<serde_json::Value> {

@@ -5,17 +5,16 @@
 //! and save a model that loads back on one device.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use std::path::Path;
 
 use mome_core::data::ShardBatches;
 use mome_core::trainer::TrainConfig;
 use mome_data::sampler::{SamplerConfig, SamplerKind};
-use mome_data::shards::{ShardSet, ShardWriter};
-use mome_experts::Gpt2Config;
+use mome_data::shards::ShardSet;
 use mome_moe::routing::ExpertChoice;
-use mome_moe::{
-    train_moe_with_group, Arch, CrossEntropy, ExpertId, MoeConfig, MoeModel, RunOptions, Setting,
-};
+use mome_moe::{train_moe, Arch, CrossEntropy, ExpertId, MoeConfig, MoeModel, RunOptions, Setting};
 use tch::{nn, Device, Kind, Tensor};
 
 const VOCAB: i64 = 53;
@@ -25,40 +24,14 @@ fn cfg() -> MoeConfig {
     MoeConfig {
         arch: Arch::MoeCe,
         domains: vec!["en".into(), "fr".into(), "py".into()],
-        expert: Gpt2Config {
-            vocab_size: VOCAB,
-            n_positions: 16,
-            n_embd: 32,
-            n_layer: 2,
-            n_head: 2,
-            resid_pdrop: 0.0,
-            embd_pdrop: 0.0,
-            attn_pdrop: 0.0,
-            tie_word_embeddings: false,
-            bos_token_id: Some(1),
-            eos_token_id: Some(2),
-            ..Gpt2Config::default()
-        },
+        expert: common::expert(VOCAB, 32, 2),
         common_expert: true,
         low_confidence_to_common: true,
     }
 }
 
 fn make_shards(dir: &Path) {
-    let mut w = ShardWriter::new(dir, VOCAB as usize, SEQ, &"ef".repeat(32), 1, 2).unwrap();
-    for (k, d) in ["en", "fr", "py"].iter().enumerate() {
-        for split in ["train", "validation"] {
-            for i in 0..16 {
-                let row: Vec<u32> = (0..SEQ)
-                    .map(|j| {
-                        ((k * 11 + i * 3 + j * (k + 2) + i * j) % (VOCAB as usize - 3) + 3) as u32
-                    })
-                    .collect();
-                w.push_sequence(split, d, &row).unwrap();
-            }
-        }
-    }
-    w.finish().unwrap();
+    common::shards(dir, VOCAB, SEQ, 16, 11, "ef");
 }
 
 fn other_device() -> Device {
@@ -96,7 +69,7 @@ fn train(root: &Path, name: &str, model: &MoeModel, vs: &nn::VarStore) -> Vec<f6
     t.log_every = 1;
     t.clip_grad_norm = Some(0.5);
     let dir = root.join(name);
-    train_moe_with_group(
+    train_moe(
         model,
         vs,
         source,
@@ -104,9 +77,9 @@ fn train(root: &Path, name: &str, model: &MoeModel, vs: &nn::VarStore) -> Vec<f6
         &RunOptions {
             run_dir: &dir,
             resume: false,
+            group: None,
         },
         &mut CrossEntropy,
-        None,
         None,
     )
     .unwrap();

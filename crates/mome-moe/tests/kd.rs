@@ -117,6 +117,7 @@ fn run_in(
         &RunOptions {
             run_dir: &run_dir,
             resume,
+            group: None,
         },
         &mut loss,
         None,

@@ -342,6 +342,7 @@ fn jeet_step_freezes_other_experts_and_trains_routed_shared_and_common() {
             &RunOptions {
                 run_dir: &run,
                 resume: step > 1,
+                group: None,
             },
             &mut CrossEntropy,
             None,
