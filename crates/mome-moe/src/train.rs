@@ -185,45 +185,6 @@ pub fn train_moe(
         Some(g) => Some(g.clone()),
         None => mome_core::dist::init_from_env(vs.device())?.map(GroupHandle::new),
     };
-    train_with(model, vs, source, cfg, run, loss, eval_fn, group, to_expert)
-}
-
-fn check_trainable(model: &MoeModel, source: &ShardBatches) -> Result<Vec<usize>> {
-    if model.arch() == Arch::Ple {
-        return Err(Error::Config(
-            "PLE experts are trained separately (distillation) and frozen; train jeet or moe-ce"
-                .into(),
-        ));
-    }
-    let mut to_expert = Vec::new();
-    let mut unknown = Vec::new();
-    for d in source.domains() {
-        match model.config().domain_index(d) {
-            Some(i) => to_expert.push(i),
-            None => unknown.push(d.clone()),
-        }
-    }
-    if !unknown.is_empty() {
-        return Err(Error::Routing(format!(
-            "training domains {unknown:?} are not experts of the model (experts: {:?})",
-            model.domains()
-        )));
-    }
-    Ok(to_expert)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn train_with(
-    model: &MoeModel,
-    vs: &nn::VarStore,
-    source: ShardBatches,
-    cfg: TrainConfig,
-    run: &RunOptions<'_>,
-    loss: &mut dyn MoeLoss,
-    eval_fn: Option<&mut dyn FnMut(u64) -> mome_core::Result<serde_json::Value>>,
-    group: Option<GroupHandle>,
-    to_expert: Vec<usize>,
-) -> Result<TrainSummary> {
     let setting = crate::routing::ResolvedSetting::new(
         &Setting::routed(model.config().common_expert),
         model.config(),
@@ -281,4 +242,28 @@ fn train_with(
     );
     model.set_all_trainable(true);
     Ok(result?)
+}
+
+fn check_trainable(model: &MoeModel, source: &ShardBatches) -> Result<Vec<usize>> {
+    if model.arch() == Arch::Ple {
+        return Err(Error::Config(
+            "PLE experts are trained separately (distillation) and frozen; train jeet or moe-ce"
+                .into(),
+        ));
+    }
+    let mut to_expert = Vec::new();
+    let mut unknown = Vec::new();
+    for d in source.domains() {
+        match model.config().domain_index(d) {
+            Some(i) => to_expert.push(i),
+            None => unknown.push(d.clone()),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(Error::Routing(format!(
+            "training domains {unknown:?} are not experts of the model (experts: {:?})",
+            model.domains()
+        )));
+    }
+    Ok(to_expert)
 }
