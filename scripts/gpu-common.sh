@@ -17,7 +17,7 @@ gpu_shards_1024() {
   if [ ! -e runs/kd-gpu-data/balanced/balance_report.json ]; then
     "$MOME" data balance --domain en=data/demo/en.jsonl --domain fr=data/demo/fr.jsonl \
       --domain de=data/demo/de.jsonl --domain py=data/demo/py.jsonl --valid-fraction 0.1 \
-      --seed 0 --max-diff-percent 5 --tokenizer "$tok" --out runs/kd-gpu-data/balanced \
+      --seed 0 --max-diff-percent 5 --id-field id --tokenizer "$tok" --out runs/kd-gpu-data/balanced \
       >/dev/null 2>>"$log"
   fi
   if [ ! -e runs/shards-1024/manifest.json ]; then
