@@ -283,8 +283,10 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let vs = nn::VarStore::new(device);
     let mut model = MoeModel::new(&vs.root(), &cfg)?;
     model.set_compute_kind(file.train.precision.compute_kind())?;
+    // Data parallel (`mome launch`): each rank trains on its slice of every batch.
+    let (rank, world) = crate::train_cmd::data_parallel_rank(file.data.batch_size)?;
     if !expert_devices.is_empty() {
-        if mome_core::dist::DistEnv::world_size_from_env()? > 1 {
+        if world > 1 {
             bail!("--expert-devices (expert parallelism) cannot be combined with data parallelism (mome launch --gpus N)");
         }
         for d in &expert_devices {
@@ -315,15 +317,6 @@ fn run_train(a: TrainArgs) -> Result<()> {
     }
     let eval_shards = ShardSet::open(&file.data.shards)?;
     let has_validation = eval_shards.splits().iter().any(|s| s == "validation");
-    // Data parallel (`mome launch`): each rank trains on its slice of every batch.
-    let dist = mome_core::dist::DistEnv::from_env()?;
-    let (rank, world) = dist.as_ref().map_or((0, 1), |e| (e.rank, e.world_size));
-    if file.data.batch_size % world != 0 {
-        bail!(
-            "[data] batch_size = {} cannot be split over {world} ranks: it must be a multiple of the world size (the global batch is split, see docs/gpu.md)",
-            file.data.batch_size
-        );
-    }
     let source = ShardBatches::new(
         shards,
         "train",

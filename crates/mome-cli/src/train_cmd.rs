@@ -217,19 +217,26 @@ pub fn load_train_file(path: &Path) -> Result<TrainFile> {
     Ok(file)
 }
 
+/// Data parallel (`mome launch`): this process's `(rank, world size)` from the
+/// environment (`(0, 1)` without it), checking that the global batch of
+/// `batch_size` sequences splits evenly over the ranks.
+pub fn data_parallel_rank(batch_size: usize) -> Result<(usize, usize)> {
+    let (rank, world) =
+        mome_core::dist::DistEnv::from_env()?.map_or((0, 1), |e| (e.rank, e.world_size));
+    if batch_size % world != 0 {
+        bail!(
+            "[data] batch_size = {batch_size} cannot be split over {world} ranks: it must be a multiple of the world size (the global batch is split, see docs/gpu.md)"
+        );
+    }
+    Ok((rank, world))
+}
+
 /// Runs `mome train`.
 pub fn run_train(a: TrainArgs) -> Result<()> {
     let a = a.run;
     let mut file = load_train_file(&a.config)?;
     a.apply(&mut file.out_dir, &mut file.device, &mut file.train)?;
-    // Data parallel (`mome launch`): each rank trains on its slice of every batch.
-    let world = mome_core::dist::DistEnv::world_size_from_env()?;
-    if file.data.batch_size % world != 0 {
-        bail!(
-            "[data] batch_size = {} cannot be split over {world} ranks: it must be a multiple of the world size (the global batch is split, see docs/gpu.md)",
-            file.data.batch_size
-        );
-    }
+    data_parallel_rank(file.data.batch_size)?;
     let device = file.device.resolve()?;
     file.train.precision.validate(device)?;
 

@@ -106,6 +106,7 @@ impl BatchSource for ShardBatches {
     }
 
     fn read_rank_slice(&mut self, rank: usize, world: usize) -> Result<bool> {
+        // Checks rank < world (a batch of `world` rows always splits).
         crate::dist::rank_rows(world, rank, world)?;
         self.slice = (world > 1).then_some((rank, world));
         Ok(true)

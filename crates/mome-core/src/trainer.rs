@@ -24,8 +24,8 @@
 //! Every rank moves through the source's global batches and trains on its
 //! contiguous `1/N` of the rows ([`crate::dist::rank_rows`]; the batch must divide
 //! evenly): a source that supports [`BatchSource::read_rank_slice`] (the token
-//! shards) reads only those rows, any other is read whole and sliced; after the `grad_accum` micro-batches the gradients are summed over the
-//! ranks in flat buckets and divided by `N` (step 3 then clips the global gradient):
+//! shards) reads only those rows, any other is read whole and sliced. After the
+//! `grad_accum` micro-batches the gradients are summed over the ranks in flat buckets and divided by `N` (step 3 then clips the global gradient):
 //! the update is the one of the global batch on one device. Rank 0 alone writes
 //! metrics, checkpoints and progress and runs `eval_fn`; logged losses are the mean
 //! over the ranks, reduced at log steps only. Token counts are global. Rank 0 keeps
@@ -754,11 +754,10 @@ impl Trainer {
             watch.check()?;
             let elapsed_s = self.elapsed_before_s + started.elapsed().as_secs_f64();
             if is_log {
-                let mut mean_loss = window_loss.f_div_scalar(window_steps as f64)?;
+                let mean_loss = window_loss.f_div_scalar(window_steps as f64)?;
                 if let Some(d) = self.dist.as_ref() {
                     // The mean over the ranks (equal slices: the global batch's mean).
-                    d.all_reduce_sum(std::slice::from_ref(&mean_loss))?;
-                    mean_loss = mean_loss.f_div_scalar(world as f64)?;
+                    d.all_reduce_mean(std::slice::from_ref(&mean_loss))?;
                 }
                 let vals = Vec::<f64>::try_from(
                     &Tensor::f_stack(

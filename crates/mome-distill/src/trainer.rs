@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use mome_core::data::ShardBatches;
-use mome_core::dist::{local_items, DistEnv, GroupHandle};
+use mome_core::dist::{local_items, mean_to_host, DistEnv, GroupHandle};
 use mome_core::metrics::{read_metrics, MetricsWriter};
 use mome_core::trainer::{BatchSource, TrainConfig, TrainSummary, Trainer};
 use mome_data::sampler::{SamplerConfig, SamplerKind, SeqRef};
@@ -40,7 +40,7 @@ use mome_data::shards::ShardSet;
 use mome_experts::eval::evaluate;
 use mome_experts::{causal_lm_loss, Gpt2Config, Gpt2Input, Gpt2LmHeadModel};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 use crate::cache::TeacherCache;
 use crate::losses::{kd_loss, KdLoss, Teacher};
@@ -293,11 +293,7 @@ fn flush(
             None => p.ce.f_reshape([1])?,
         });
     }
-    let all = Tensor::f_cat(&parts, 0)?.f_to_kind(Kind::Float)?;
-    if let Some(g) = group {
-        g.all_reduce_mean(std::slice::from_ref(&all))?;
-    }
-    let vals = Vec::<f64>::try_from(&all.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
+    let vals = mean_to_host(&Tensor::f_cat(&parts, 0)?, group)?;
     let Some(writer) = writer else {
         pending.clear();
         return Ok(());
@@ -344,8 +340,7 @@ pub fn strategy_history(path: &Path, start_step: u64) -> Result<Vec<(u64, f64, f
 /// to `run_dir/model`. Under `mome launch --gpus N` (`MOME_WORLD_SIZE` > 1) it is
 /// data parallel over NCCL (see the module docs).
 pub fn run_distill(job: &DistillJob) -> Result<DistillOutcome> {
-    let world = DistEnv::world_size_from_env()?;
-    run_distill_inner(job, None, world)
+    run_distill_inner(job, None)
 }
 
 /// Like [`run_distill`] as one rank of `group` (`None`: a single process, whatever
@@ -354,16 +349,18 @@ pub fn run_distill_with_group(
     job: &DistillJob,
     group: Option<GroupHandle>,
 ) -> Result<DistillOutcome> {
-    let world = group.as_ref().map_or(1, |g| g.world_size());
-    run_distill_inner(job, Some(group), world)
+    run_distill_inner(job, Some(group))
 }
 
 /// `group`: `None` → from the environment (after the checks); `Some(g)` → `g`.
 fn run_distill_inner(
     job: &DistillJob,
     group: Option<Option<GroupHandle>>,
-    world: usize,
 ) -> Result<DistillOutcome> {
+    let world = match &group {
+        Some(g) => g.as_ref().map_or(1, |g| g.world_size()),
+        None => DistEnv::world_size_from_env()?,
+    };
     job.distill.validate()?;
     job.train.validate()?;
     job.student.validate()?;
@@ -512,14 +509,9 @@ fn run_distill_inner(
             Some(w) => w,
             None => {
                 let kd_t = kd.as_ref().expect("adaptive strategies always compute KD");
-                let both = Tensor::f_stack(&[ce.f_detach()?, kd_t.f_detach()?], 0)?
-                    .f_to_kind(Kind::Float)?;
-                if let Some(g) = &group {
-                    // The global batch's losses: the same weights on every rank.
-                    g.all_reduce_mean(std::slice::from_ref(&both))?;
-                }
-                let v =
-                    Vec::<f64>::try_from(&both.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
+                // The global batch's losses: the same weights on every rank.
+                let both = Tensor::f_stack(&[ce.f_detach()?, kd_t.f_detach()?], 0)?;
+                let v = mean_to_host(&both, group.as_ref())?;
                 strategy.weights(step, v[0], v[1])
             }
         };

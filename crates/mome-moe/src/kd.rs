@@ -24,7 +24,7 @@
 //! with `dir` too, that teacher's weights) in [`DistillLoss::new`], and against the
 //! training shards in [`MoeLoss::begin`], before any step.
 
-use mome_core::dist::GroupHandle;
+use mome_core::dist::{mean_to_host, GroupHandle};
 use mome_core::metrics::MetricsWriter;
 use mome_data::sampler::SeqRef;
 use mome_data::shards::ShardSet;
@@ -34,7 +34,7 @@ use mome_distill::strategy::WeightStrategy;
 use mome_distill::teacher::load_teacher;
 use mome_distill::{strategy_history, DistillSettings, TeacherSection, DISTILL_METRICS};
 use mome_experts::{causal_lm_loss, Gpt2Config, Gpt2Input, Gpt2LmHeadModel};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::train::{LossContext, MoeLoss};
@@ -51,7 +51,6 @@ pub struct DistillLoss {
     strategy: Option<Box<dyn WeightStrategy>>,
     writer: Option<MetricsWriter>,
     group: Option<GroupHandle>,
-    begun: bool,
     start_step: u64,
     grad_accum: u64,
     calls: u64,
@@ -147,7 +146,6 @@ impl DistillLoss {
             strategy: None,
             writer: None,
             group: None,
-            begun: false,
             start_step: 0,
             grad_accum: 1,
             calls: 0,
@@ -193,7 +191,6 @@ impl MoeLoss for DistillLoss {
         };
         self.strategy = Some(strategy);
         self.group = ctx.group.cloned();
-        self.begun = true;
         self.start_step = ctx.start_step;
         self.grad_accum = ctx.train.grad_accum.max(1);
         self.calls = 0;
@@ -207,7 +204,7 @@ impl MoeLoss for DistillLoss {
         domain: usize,
         items: &[SeqRef],
     ) -> Result<Tensor> {
-        let (true, Some(strategy)) = (self.begun, self.strategy.as_mut()) else {
+        let Some(strategy) = self.strategy.as_mut() else {
             return Err(Error::Config(
                 "internal: DistillLoss used before begin() (train it with train_moe)".into(),
             ));
@@ -269,12 +266,8 @@ impl MoeLoss for DistillLoss {
         let parts: Vec<Tensor> = std::iter::once(ce.detach())
             .chain(kd.iter().map(|k| k.detach()))
             .collect();
-        let both = Tensor::f_stack(&parts, 0)?.f_to_kind(Kind::Float)?;
-        if let Some(g) = &self.group {
-            // The global batch's values: the same weights on every rank.
-            g.all_reduce_mean(std::slice::from_ref(&both))?;
-        }
-        let vals = Vec::<f64>::try_from(&both.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
+        // The global batch's values: the same weights on every rank.
+        let vals = mean_to_host(&Tensor::f_stack(&parts, 0)?, self.group.as_ref())?;
         let kd_value = kd.as_ref().map(|_| vals[1]);
         let (alpha, beta) = match planned {
             Some(w) => w,

@@ -180,7 +180,26 @@ pub fn train_moe(
     loss: &mut dyn MoeLoss,
     eval_fn: Option<&mut dyn FnMut(u64) -> mome_core::Result<serde_json::Value>>,
 ) -> Result<TrainSummary> {
-    let to_expert = check_trainable(model, &source)?;
+    if model.arch() == Arch::Ple {
+        return Err(Error::Config(
+            "PLE experts are trained separately (distillation) and frozen; train jeet or moe-ce"
+                .into(),
+        ));
+    }
+    let mut to_expert = Vec::new();
+    let mut unknown = Vec::new();
+    for d in source.domains() {
+        match model.config().domain_index(d) {
+            Some(i) => to_expert.push(i),
+            None => unknown.push(d.clone()),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(Error::Routing(format!(
+            "training domains {unknown:?} are not experts of the model (experts: {:?})",
+            model.domains()
+        )));
+    }
     let group = match run.group {
         Some(g) => Some(g.clone()),
         None => mome_core::dist::init_from_env(vs.device())?.map(GroupHandle::new),
@@ -242,28 +261,4 @@ pub fn train_moe(
     );
     model.set_all_trainable(true);
     Ok(result?)
-}
-
-fn check_trainable(model: &MoeModel, source: &ShardBatches) -> Result<Vec<usize>> {
-    if model.arch() == Arch::Ple {
-        return Err(Error::Config(
-            "PLE experts are trained separately (distillation) and frozen; train jeet or moe-ce"
-                .into(),
-        ));
-    }
-    let mut to_expert = Vec::new();
-    let mut unknown = Vec::new();
-    for d in source.domains() {
-        match model.config().domain_index(d) {
-            Some(i) => to_expert.push(i),
-            None => unknown.push(d.clone()),
-        }
-    }
-    if !unknown.is_empty() {
-        return Err(Error::Routing(format!(
-            "training domains {unknown:?} are not experts of the model (experts: {:?})",
-            model.domains()
-        )));
-    }
-    Ok(to_expert)
 }

@@ -1,8 +1,9 @@
 //! An in-process process group: one thread per rank, tensors exchanged through
 //! shared memory. It lets the data-parallel code paths run (and be tested) on the
 //! CPU without NCCL: [`LocalGroup::new`]`(N)` returns the `N` members, each moved to
-//! its own thread and handed to [`crate::Trainer::with_collective`] (or to the
-//! `*_with_group` entry points of the higher crates).
+//! its own thread and handed to [`crate::Trainer::with_collective`] (or, wrapped in
+//! a [`super::GroupHandle`], to mome-distill's `run_distill_with_group` and
+//! mome-moe's `RunOptions::group`).
 //!
 //! Every member must call the collectives in the same order: a member that stops
 //! early leaves the others waiting at the barrier, so this group is meant for tests
@@ -80,12 +81,12 @@ impl LocalGroup {
         self.shared.barrier.wait();
         let r = (|| -> Result<()> {
             let slots = self.shared.slots.lock().map_err(|_| poisoned())?;
+            if slots.iter().any(|s| s.len() != tensors.len()) {
+                return Err(Error::Distributed(
+                    "the ranks of the local group passed different numbers of tensors".into(),
+                ));
+            }
             for (i, t) in tensors.iter().enumerate() {
-                if slots.iter().any(|s| s.len() != tensors.len()) {
-                    return Err(Error::Distributed(
-                        "the ranks of the local group passed different numbers of tensors".into(),
-                    ));
-                }
                 let v = pick(&slots, i)?;
                 tch::no_grad(|| t.shallow_clone().f_copy_(&v))?;
             }

@@ -281,6 +281,19 @@ pub fn local_items<'a, T>(
     Ok(&items[start..start + len])
 }
 
+/// The values of `values` (any shape and float kind, on the device) averaged over the
+/// ranks of `group` (as is without one), read back to the host: e.g. the losses of
+/// the global batch, the same on every rank. Every rank calls it at the same point.
+pub fn mean_to_host(values: &Tensor, group: Option<&GroupHandle>) -> Result<Vec<f64>> {
+    let v = values.f_detach()?.f_to_kind(Kind::Float)?.f_reshape([-1])?;
+    if let Some(g) = group {
+        g.all_reduce_mean(std::slice::from_ref(&v))?;
+    }
+    Ok(Vec::<f64>::try_from(
+        &v.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?,
+    )?)
+}
+
 /// The contiguous rows `(start, len)` of a global batch of `rows` rows that rank
 /// `rank` of `world_size` trains on: rank `r` takes rows `r * rows / N .. (r + 1) *
 /// rows / N`. `rows` must be divisible by the world size (equal slices keep the mean
