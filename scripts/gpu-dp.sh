@@ -4,8 +4,10 @@
 # `mome launch --gpus 1` (the data-parallel code path, which must match the plain
 # run), and, with two or more GPUs, as two ranks (data parallel) and with the MoE
 # experts spread over two GPUs (expert parallel); the PLE students as independent
-# jobs over the GPUs; with two GPUs also the scaling of `mome train` (student and
-# teacher, same global batch and same batch per GPU, fp32 and bf16 gradient
+# jobs over the GPUs; `mome train` of the student and the teacher as one process and
+# as one NCCL rank with the all-reduce overlapped with backward and after it; with
+# two GPUs also the scaling of `mome train` (student and teacher, same global batch
+# with and without the overlap, and same batch per GPU with fp32 and bf16 gradient
 # traffic), of `mome distill` likewise, and the kill test. Loss curves and tokens/s
 # are compared at the end (scripts/dp_compare.py; the loss difference means
 # something only for runs with the baseline's global batch). Run from the
@@ -66,10 +68,26 @@ done
 "$MOME" launch --gpus "$GPUS" --jobs runs/dp/ple/jobs.txt >"$OUT/ple-jobs.json" 2>>"$LOG"
 cat "$OUT/ple-jobs.json"
 
+# `mome train` of the student and the teacher: one plain process, then one NCCL rank
+# with the all-reduce overlapped with backward (gradient hooks, the default) and
+# after backward (`grad_overlap = false`): the overlap machinery's cost on one GPU.
+noov() {  # $1 config, $2 output: the config with grad_overlap = false
+  sed 's/^precision = "bf16"$/precision = "bf16"\ngrad_overlap = false/' "$1" >"$2"
+}
+for c in student-3l teacher-medium; do
+  C=configs/dp/$c.toml
+  noov $C runs/dp/$c-noov.toml
+  step "train $c: 1 process; launch --gpus 1 with and without overlap"
+  "$MOME" train --config $C --out runs/dp/$c-1gpu --quiet >>"$LOG" 2>&1
+  "$MOME" launch --gpus 1 -- train --config $C --out runs/dp/$c-nccl1 --quiet >>"$LOG" 2>&1
+  "$MOME" launch --gpus 1 -- train --config runs/dp/$c-noov.toml --out runs/dp/$c-nccl1-noov --quiet >>"$LOG" 2>&1
+done
+
 if [ "$GPUS" -ge 2 ]; then
   # Scaling of `mome train` and `mome distill` on 2 GPUs: the same global batch as
-  # the 1-GPU run (strong scaling: half the batch per GPU), and the same batch per
-  # GPU (weak scaling: twice the global batch), with fp32 and bf16 gradient traffic.
+  # the 1-GPU run (strong scaling: half the batch per GPU; with and without the
+  # overlap), and the same batch per GPU (weak scaling: twice the global batch),
+  # with fp32 and bf16 gradient traffic.
   variants() {  # $1 config, $2 output prefix
     local b
     b=$(grep -m1 '^batch_size' "$1" | awk '{print $3}')
@@ -79,9 +97,9 @@ if [ "$GPUS" -ge 2 ]; then
   for c in student-3l teacher-medium; do
     C=configs/dp/$c.toml
     variants $C runs/dp/$c
-    step "train $c: 1 GPU, 2 GPUs (same global batch), 2 GPUs (same batch per GPU; fp32 and bf16 gradients)"
-    "$MOME" train --config $C --out runs/dp/$c-1gpu --quiet >>"$LOG" 2>&1
+    step "train $c: 2 GPUs (same global batch, with and without overlap), 2 GPUs (same batch per GPU; fp32 and bf16 gradients)"
     "$MOME" launch --gpus 2 -- train --config $C --out runs/dp/$c-2gpu --quiet >>"$LOG" 2>&1
+    "$MOME" launch --gpus 2 -- train --config runs/dp/$c-noov.toml --out runs/dp/$c-2gpu-noov --quiet >>"$LOG" 2>&1
     "$MOME" launch --gpus 2 -- train --config runs/dp/$c-weak.toml --out runs/dp/$c-2gpu-weak --quiet >>"$LOG" 2>&1
     "$MOME" launch --gpus 2 -- train --config runs/dp/$c-weak-bf16.toml --out runs/dp/$c-2gpu-weak-bf16 --quiet >>"$LOG" 2>&1
   done
@@ -110,7 +128,9 @@ fi
 
 python3 scripts/dp_compare.py runs/dp/kd-1gpu runs/dp/kd-nccl1 runs/dp/kd-2gpu \
   runs/dp/kd-2gpu-weak runs/dp/kd-2gpu-weak-bf16 \
-  runs/dp/student-3l-1gpu runs/dp/student-3l-2gpu runs/dp/student-3l-2gpu-weak runs/dp/student-3l-2gpu-weak-bf16 \
-  runs/dp/teacher-medium-1gpu runs/dp/teacher-medium-2gpu runs/dp/teacher-medium-2gpu-weak runs/dp/teacher-medium-2gpu-weak-bf16 \
+  runs/dp/student-3l-1gpu runs/dp/student-3l-nccl1 runs/dp/student-3l-nccl1-noov \
+  runs/dp/student-3l-2gpu runs/dp/student-3l-2gpu-noov runs/dp/student-3l-2gpu-weak runs/dp/student-3l-2gpu-weak-bf16 \
+  runs/dp/teacher-medium-1gpu runs/dp/teacher-medium-nccl1 runs/dp/teacher-medium-nccl1-noov \
+  runs/dp/teacher-medium-2gpu runs/dp/teacher-medium-2gpu-noov runs/dp/teacher-medium-2gpu-weak runs/dp/teacher-medium-2gpu-weak-bf16 \
   runs/dp/moe-1gpu runs/dp/moe-nccl1 runs/dp/moe-2gpu runs/dp/moe-ep2 | tee "$OUT/compare.md"
 (cd runs/dp && find . -name '*.jsonl' -print0 | tar --null -czf "$OUT/metrics.tar.gz" -T -)

@@ -25,8 +25,11 @@
 //! contiguous `1/N` of the rows ([`crate::dist::rank_rows`]; the batch must divide
 //! evenly): a source that supports [`BatchSource::read_rank_slice`] (the token
 //! shards) reads only those rows, any other is read whole and sliced. After the
-//! `grad_accum` micro-batches the gradients are summed over the ranks in flat buckets and divided by `N` (step 3 then clips the global gradient):
-//! the update is the one of the global batch on one device. Rank 0 alone writes
+//! `grad_accum` micro-batches the gradients are summed over the ranks in flat buckets
+//! and divided by `N` (step 3 then clips the global gradient): the update is the one
+//! of the global batch on one device. With `grad_overlap` (default) each bucket's
+//! sum starts during the last micro-batch's backward, as soon as its gradients are
+//! made ([`crate::dist::OverlapReducer`]; NCCL runs it on a stream of its own). Rank 0 alone writes
 //! metrics, checkpoints and progress and runs `eval_fn`; logged losses are the mean
 //! over the ranks, reduced at log steps only. Token counts are global. Rank 0 keeps
 //! the single-process torch seed of each step; other ranks use
@@ -43,7 +46,10 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{step_seed, CheckpointManager, TrainerState};
-use crate::dist::{rank_rows, rank_seed, Collective, DistEnv, GradBuckets, GroupHandle};
+use crate::dist::{
+    rank_rows, rank_seed, Collective, DistEnv, GradBuckets, GroupHandle, OverlapReducer,
+    OVERLAP_BUCKET_ELEMENTS,
+};
 use crate::metrics::{MetricsWriter, TrainRecord};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::progress::{Progress, ProgressMode};
@@ -131,6 +137,16 @@ pub struct TrainConfig {
     /// one process.
     #[serde(default)]
     pub grad_reduce: GradReduce,
+    /// Data parallel: start each bucket's all-reduce as soon as backward has made
+    /// its gradients (hooks on the gradient accumulation, PyTorch DDP's scheme),
+    /// overlapping the communication with the rest of backward; `false` reduces
+    /// everything after backward. Same arithmetic either way. Default `true`.
+    #[serde(default = "default_true")]
+    pub grad_overlap: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The dtype of the data-parallel gradient all-reduce ([`TrainConfig::grad_reduce`]).
@@ -176,6 +192,7 @@ impl TrainConfig {
             precision: Precision::Fp32,
             quiet: false,
             grad_reduce: GradReduce::Fp32,
+            grad_overlap: true,
         }
     }
 
@@ -258,6 +275,7 @@ pub struct Trainer {
     metrics: Option<MetricsWriter>,
     dist: Option<GroupHandle>,
     buckets: GradBuckets,
+    overlap: Option<OverlapReducer>,
     step: u64,
     tokens_seen: u64,
     elapsed_before_s: f64,
@@ -401,6 +419,14 @@ impl Trainer {
         let r = Self::build(cfg, vs, run_dir, resume, primary);
         match r {
             Ok(mut t) => {
+                if let (Some(d), true) = (dist.as_ref(), t.cfg.grad_overlap) {
+                    t.overlap = Some(OverlapReducer::new(
+                        d.clone(),
+                        &t.named_params,
+                        t.cfg.grad_reduce.kind(),
+                        OVERLAP_BUCKET_ELEMENTS,
+                    ));
+                }
                 t.dist = dist;
                 if let Err(e) = t.sync_start() {
                     if let Some(d) = t.dist.as_ref() {
@@ -543,6 +569,7 @@ impl Trainer {
             metrics,
             dist: None,
             buckets,
+            overlap: None,
             step,
             tokens_seen,
             elapsed_before_s,
@@ -692,7 +719,7 @@ impl Trainer {
             let step = self.step + 1;
             tch::manual_seed(rank_seed(step_seed(self.cfg.seed, step), rank));
             let mut step_loss = zero()?;
-            for _ in 0..ga {
+            for micro in 0..ga {
                 let batch = source.next_batch()?;
                 // Token counts are global.
                 let tokens = batch.numel() as u64 * if sliced { world as u64 } else { 1 };
@@ -714,11 +741,18 @@ impl Trainer {
                     )));
                 }
                 let loss = loss.f_reshape([])?;
+                if micro + 1 == ga {
+                    if let Some(r) = self.overlap.as_mut() {
+                        r.arm()?;
+                    }
+                }
                 loss.f_div_scalar(ga as f64)?.f_backward()?;
                 step_loss = step_loss.f_add(&loss.f_detach()?.f_to_kind(Kind::Float)?)?;
             }
             let step_loss = step_loss.f_div_scalar(ga as f64)?;
-            if let Some(d) = self.dist.as_ref() {
+            if let Some(r) = self.overlap.as_mut() {
+                r.finish()?;
+            } else if let Some(d) = self.dist.as_ref() {
                 let (buckets, params) = (&self.buckets, &self.named_params);
                 let kind = self.cfg.grad_reduce.kind();
                 d.with(|g| buckets.all_reduce_mean_as(g, params, kind))?;

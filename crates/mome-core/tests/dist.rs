@@ -461,6 +461,30 @@ fn two_ranks_match_one_process_on_the_global_batch() {
 
 /// Both ranks resume from rank 0's checkpoint and continue exactly like a straight
 /// run; ranks at different steps are refused.
+/// The overlapped reduction (started from gradient hooks during backward, the
+/// default) and the reduction after backward compute the same per-element sums:
+/// bit-identical weights and losses, with gradient accumulation and bf16 traffic too.
+#[test]
+fn overlapped_reduction_equals_reduction_after_backward() {
+    let _g = lock();
+    for (ga, reduce) in [
+        (1, mome_core::GradReduce::Fp32),
+        (2, mome_core::GradReduce::Fp32),
+        (1, mome_core::GradReduce::Bf16),
+    ] {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut on = dp_cfg(8, ga);
+        on.grad_reduce = reduce;
+        assert!(on.grad_overlap, "overlap is the default");
+        let mut off = on.clone();
+        off.grad_overlap = false;
+        let (w_on, _) = train_dp(2, a.path(), on, 8);
+        let (w_off, _) = train_dp(2, b.path(), off, 8);
+        assert_eq!(max_diff(&w_on, &w_off), 0.0, "grad_accum {ga}, {reduce:?}");
+        assert_eq!(losses(a.path()), losses(b.path()));
+    }
+}
+
 /// `grad_reduce = "bf16"`: the gradients cross in bf16, so the run is close to the
 /// fp32 one but not equal to it.
 #[test]
@@ -639,37 +663,77 @@ mod nccl {
         assert!(g.all_reduce_sum(&[cpu]).is_err());
     }
 
-    /// Through the NCCL group, one rank trains exactly like the plain trainer.
-    #[test]
-    fn world_of_one_trainer_matches_the_plain_run() {
-        let _g = lock();
-        let dev = Device::Cuda(0);
-        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let run = |dir: &Path, group: Option<Box<dyn Collective>>| {
-            let vs = nn::VarStore::new(dev);
-            let f = model(&vs, 10);
-            let mut t = Trainer::with_collective(dp_cfg(8, 2), &vs, dir, false, group).unwrap();
-            t.run(&mut Arith { next: 0, rows: 8 }, &mut |b| f(b), None, &[])
-                .unwrap();
-            weights(&vs)
-        };
-        let plain = run(a.path(), None);
-        let dp = run(b.path(), Some(Box::new(one_rank())));
+    /// Trains the tiny model on `cuda:0` in `dir` (through `group` if given); the
+    /// final weights on the CPU.
+    fn run_cuda(
+        dir: &Path,
+        cfg: TrainConfig,
+        group: Option<Box<dyn Collective>>,
+    ) -> Vec<(String, Tensor)> {
+        let vs = nn::VarStore::new(Device::Cuda(0));
+        let f = model(&vs, 10);
+        let mut t = Trainer::with_collective(cfg, &vs, dir, false, group).unwrap();
+        t.run(&mut Arith { next: 0, rows: 8 }, &mut |b| f(b), None, &[])
+            .unwrap();
+        weights(&vs)
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(Device::Cpu)))
+            .collect()
+    }
+
+    fn assert_same_run(a: &Path, b: &Path, wa: &[(String, Tensor)], wb: &[(String, Tensor)]) {
         // Identical arithmetic: equal unless a CUDA kernel is non-deterministic.
-        let (la, lb) = (losses(a.path()), losses(b.path()));
+        let (la, lb) = (losses(a), losses(b));
         assert_eq!(la.len(), 8);
         for (x, y) in la.iter().zip(&lb) {
             assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{la:?} vs {lb:?}");
         }
-        let plain: Vec<_> = plain
-            .into_iter()
-            .map(|(n, t)| (n, t.to_device(Device::Cpu)))
-            .collect();
-        let dp: Vec<_> = dp
-            .into_iter()
-            .map(|(n, t)| (n, t.to_device(Device::Cpu)))
-            .collect();
-        let d = max_diff(&plain, &dp);
+        let d = max_diff(wa, wb);
         assert!(d <= 1e-6, "weights differ by {d}");
+    }
+
+    /// Through the NCCL group, one rank trains exactly like the plain trainer (the
+    /// all-reduce overlapped with backward: gradient hooks on libtorch's CUDA
+    /// backward thread, NCCL on its own stream).
+    #[test]
+    fn world_of_one_trainer_matches_the_plain_run() {
+        let _g = lock();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let plain = run_cuda(a.path(), dp_cfg(8, 2), None);
+        let dp = run_cuda(b.path(), dp_cfg(8, 2), Some(Box::new(one_rank())));
+        assert_same_run(a.path(), b.path(), &plain, &dp);
+    }
+
+    /// The overlapped reduction and the one after backward, through NCCL.
+    #[test]
+    fn world_of_one_overlap_matches_reduction_after_backward() {
+        let _g = lock();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut off = dp_cfg(8, 1);
+        off.grad_overlap = false;
+        let w_on = run_cuda(a.path(), dp_cfg(8, 1), Some(Box::new(one_rank())));
+        let w_off = run_cuda(b.path(), off, Some(Box::new(one_rank())));
+        assert_same_run(a.path(), b.path(), &w_on, &w_off);
+    }
+
+    /// A started all-reduce runs on NCCL's stream after the compute stream's earlier
+    /// work, and the compute stream waits for it at `wait_started`.
+    #[test]
+    fn started_all_reduce_is_ordered_with_the_compute_stream() {
+        let _g = lock();
+        let mut g = one_rank();
+        let dev = Device::Cuda(0);
+        let x = Tensor::randn([1 << 22], (Kind::Float, dev));
+        // Written by a kernel just queued on the compute stream.
+        let y = &x * 3.0;
+        g.start_all_reduce_sum(&y).unwrap();
+        // More compute-stream work while the collective may still run.
+        let m = Tensor::randn([2048, 2048], (Kind::Float, dev));
+        let _ = m.matmul(&m);
+        g.wait_started().unwrap();
+        let z = &y - &x * 3.0;
+        assert_eq!(z.abs().max().double_value(&[]), 0.0);
+        let cpu = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+        assert!(g.start_all_reduce_sum(&cpu).is_err());
     }
 }

@@ -24,9 +24,14 @@
 //! global batch from the seeded sampler and trains on its contiguous `1/N` of the rows
 //! ([`rank_rows`]); gradients are summed over the ranks in flat buckets
 //! ([`GradBuckets`]) and divided by `N` before clipping, so the update is the one of
-//! the whole global batch on one device (same global batch semantics).
+//! the whole global batch on one device (same global batch semantics). By default
+//! the buckets' sums start while backward still runs ([`OverlapReducer`]: hooks on
+//! the gradient accumulation, through a small C++ shim over libtorch since tch has
+//! none; NCCL runs them on a stream of its own).
 
+mod hooks;
 mod local;
+mod overlap;
 mod session;
 
 #[cfg(feature = "nccl")]
@@ -41,6 +46,7 @@ use tch::{Device, Kind, Tensor};
 use crate::{Error, Result};
 
 pub use local::LocalGroup;
+pub use overlap::{OverlapReducer, OVERLAP_BUCKET_ELEMENTS};
 pub use session::{pid_alive, terminate, LostPeer, Session, EXIT_PEER_LOST};
 
 /// Environment variable: number of ranks.
@@ -162,6 +168,19 @@ pub trait Collective: Send + std::fmt::Debug {
     fn all_reduce_sum(&mut self, tensors: &[Tensor]) -> Result<()>;
     /// Replaces each tensor, in place, by rank `root`'s.
     fn broadcast(&mut self, tensors: &[Tensor], root: usize) -> Result<()>;
+    /// Starts replacing `tensor` (contiguous) by its sum over the ranks, after the
+    /// work already queued on the compute stream, without waiting for it: the
+    /// caller keeps `tensor` alive and unchanged until [`Collective::wait_started`].
+    /// May be called from a thread of libtorch's backward. The default runs the
+    /// sum at once ([`Collective::all_reduce_sum`]); NCCL runs it on a stream of its
+    /// own, so it overlaps the rest of backward.
+    fn start_all_reduce_sum(&mut self, tensor: &Tensor) -> Result<()> {
+        self.all_reduce_sum(std::slice::from_ref(tensor))
+    }
+    /// Makes the compute stream wait for the sums started since the last call.
+    fn wait_started(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Called once when training ends: `Ok` marks this rank done, `Err(message)`
     /// failed (the peers' watchdogs then stop with that message).
     fn finish(&mut self, _outcome: std::result::Result<(), String>) {}

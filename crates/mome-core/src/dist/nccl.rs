@@ -9,7 +9,12 @@
 //! then `libnccl.so.2`, then `libnccl.so`, and calls its function pointers, checking
 //! each result with cudarc's `ncclResult_t::result()`.
 //!
-//! The only `unsafe` code of the workspace lives here.
+//! Collectives are enqueued on the legacy default stream, except the all-reduces
+//! started during backward ([`Collective::start_all_reduce_sum`]), which run on a
+//! non-blocking stream of their own, ordered with the compute stream by events.
+//!
+//! The workspace's `unsafe` code lives here and in `dist/hooks.rs` (the gradient
+//! hooks' FFI).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_int, c_void, CStr};
@@ -18,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::result as drv;
+use cudarc::driver::sys as drv_sys;
 use cudarc::nccl::sys;
 use tch::{Device, Kind, Tensor};
 
@@ -184,6 +190,15 @@ fn primary_context(ordinal: usize) -> Result<usize> {
 /// changed, and libtorch restores the device after each operation, so for `cuda:0`
 /// (every rank under `mome launch`) nothing is done and the CUDA driver library is
 /// not loaded; other ordinals go through the driver API (cudarc's `driver`).
+/// Makes the primary context of device `ordinal` current on this thread (the driver
+/// API calls need one; libtorch's backward threads may not have made it current).
+fn make_current(ordinal: usize) -> Result<()> {
+    let ctx = primary_context(ordinal)?;
+    // SAFETY: `ctx` is a primary context retained for the life of the process.
+    unsafe { drv::ctx::set_current(ctx as cudarc::driver::sys::CUcontext) }
+        .map_err(|e| Error::Distributed(format!("cuCtxSetCurrent({ordinal}): {e:?}")))
+}
+
 fn set_device(ordinal: usize) -> Result<()> {
     if ordinal == 0 {
         return Ok(());
@@ -221,8 +236,10 @@ struct Comm {
 }
 
 // SAFETY: an NCCL communicator is an opaque handle that NCCL allows to be used from
-// any thread (one thread at a time for operations, which the trainer's single loop
-// guarantees); the only call from another thread is ncclCommAbort from the
+// any thread (one thread at a time for operations, which the lock of the
+// `GroupHandle` that owns the `NcclGroup` guarantees: the training thread, or
+// libtorch's backward thread running the gradient hooks while the training thread
+// waits in backward); the only call from another thread is ncclCommAbort from the
 // watchdog, which NCCL documents as the way to stop a communicator whose operations
 // hang (PyTorch's watchdog does the same).
 unsafe impl Send for Comm {}
@@ -290,8 +307,57 @@ pub struct NcclGroup {
     rank: usize,
     world_size: usize,
     ordinal: usize,
+    // The stream of the started (overlapped) all-reduces, made on first use.
+    side: Option<SideStream>,
+    // Buckets whose started sum the compute stream has not waited for yet.
+    in_flight: Vec<Tensor>,
     // Dropped after `comm`'s handle here; its abort hook holds another `Arc`.
     session: Option<Session>,
+}
+
+/// A non-blocking CUDA stream for the collectives that overlap backward, and the two
+/// events that order it with the compute (legacy default) stream.
+struct SideStream {
+    stream: drv_sys::CUstream,
+    // Recorded on the compute stream before each started collective.
+    ready: drv_sys::CUevent,
+    // Recorded on the side stream by `wait_started`.
+    done: drv_sys::CUevent,
+}
+
+// SAFETY: CUDA streams and events are handles usable from any thread of the process
+// (with the device's primary context current, which `make_current` ensures).
+unsafe impl Send for SideStream {}
+
+impl SideStream {
+    fn new(ordinal: usize) -> Result<Self> {
+        make_current(ordinal)?;
+        let err = |what: &str, e: drv::DriverError| {
+            Error::Distributed(format!("{what} for the overlapped all-reduce: {e:?}"))
+        };
+        let flags = drv_sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
+        let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking)
+            .map_err(|e| err("cuStreamCreate", e))?;
+        let ready = drv::event::create(flags).map_err(|e| err("cuEventCreate", e))?;
+        let done = drv::event::create(flags).map_err(|e| err("cuEventCreate", e))?;
+        Ok(Self {
+            stream,
+            ready,
+            done,
+        })
+    }
+}
+
+impl Drop for SideStream {
+    fn drop(&mut self) {
+        // SAFETY: handles created in `new`, destroyed once; pending work keeps
+        // running to completion (CUDA defers the release).
+        unsafe {
+            let _ = drv::event::destroy(self.ready);
+            let _ = drv::event::destroy(self.done);
+            let _ = drv::stream::destroy(self.stream);
+        }
+    }
 }
 
 impl std::fmt::Debug for NcclGroup {
@@ -355,16 +421,23 @@ impl NcclGroup {
             rank: env.rank,
             world_size: env.world_size,
             ordinal,
+            side: None,
+            in_flight: Vec::new(),
             session,
         })
     }
 
-    fn run(&mut self, tensors: &[Tensor], op: Op) -> Result<()> {
+    fn check_open(&self) -> Result<()> {
         if self.comm.aborted.load(Ordering::SeqCst) {
             return Err(Error::Distributed(
                 "the NCCL communicator was aborted".into(),
             ));
         }
+        Ok(())
+    }
+
+    fn run(&mut self, tensors: &[Tensor], op: Op) -> Result<()> {
+        self.check_open()?;
         let mut staged: Vec<(Tensor, bool, sys::ncclDataType_t)> = Vec::new();
         for t in tensors {
             if t.device() != Device::Cuda(self.ordinal) {
@@ -462,6 +535,89 @@ impl Collective for NcclGroup {
 
     fn all_reduce_sum(&mut self, tensors: &[Tensor]) -> Result<()> {
         self.run(tensors, Op::AllReduceSum)
+    }
+
+    fn start_all_reduce_sum(&mut self, tensor: &Tensor) -> Result<()> {
+        self.check_open()?;
+        if tensor.device() != Device::Cuda(self.ordinal) || !tensor.is_contiguous() {
+            return Err(Error::Distributed(format!(
+                "a started all-reduce needs a contiguous tensor on cuda:{} (got {:?})",
+                self.ordinal,
+                tensor.device()
+            )));
+        }
+        if tensor.numel() == 0 {
+            return Ok(());
+        }
+        let dt = nccl_type(tensor.f_kind()?)?;
+        // Possibly libtorch's backward thread: make the device's context current.
+        make_current(self.ordinal)?;
+        if self.side.is_none() {
+            self.side = Some(SideStream::new(self.ordinal)?);
+        }
+        let side = self.side.as_ref().expect("made above");
+        let lib = self.comm.lib;
+        let raw = self.comm.raw;
+        let err = |what: &str, e: drv::DriverError| Error::Distributed(format!("{what}: {e:?}"));
+        // SAFETY: the events and stream are live (owned by `side`); the null stream is
+        // the compute stream. The side stream waits for everything queued on the
+        // compute stream so far (the kernels that wrote `tensor`). `tensor` is a
+        // contiguous CUDA tensor of `numel` elements of type `dt`, kept alive in
+        // `in_flight` until the compute stream has waited for this collective
+        // (`wait_started`), so its memory is not reused while NCCL works on it.
+        unsafe {
+            drv::event::record(side.ready, drv::stream::null())
+                .map_err(|e| err("cuEventRecord", e))?;
+            drv::stream::wait_event(
+                side.stream,
+                side.ready,
+                drv_sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+            .map_err(|e| err("cuStreamWaitEvent", e))?;
+            let ptr = tensor.data_ptr();
+            check(
+                lib,
+                (lib.ncclAllReduce)(
+                    ptr as *const c_void,
+                    ptr,
+                    tensor.numel(),
+                    dt,
+                    sys::ncclRedOp_t::ncclSum,
+                    raw,
+                    side.stream as sys::cudaStream_t,
+                ),
+                "ncclAllReduce (started)",
+                Some(raw),
+            )?;
+        }
+        self.in_flight.push(tensor.shallow_clone());
+        Ok(())
+    }
+
+    fn wait_started(&mut self) -> Result<()> {
+        if self.in_flight.is_empty() {
+            return Ok(());
+        }
+        let Some(side) = self.side.as_ref() else {
+            return Ok(());
+        };
+        make_current(self.ordinal)?;
+        let err = |what: &str, e: drv::DriverError| Error::Distributed(format!("{what}: {e:?}"));
+        // SAFETY: live handles (see `start_all_reduce_sum`); the compute stream waits
+        // for everything queued on the side stream so far.
+        unsafe {
+            drv::event::record(side.done, side.stream).map_err(|e| err("cuEventRecord", e))?;
+            drv::stream::wait_event(
+                drv::stream::null(),
+                side.done,
+                drv_sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+            .map_err(|e| err("cuStreamWaitEvent", e))?;
+        }
+        // Freed to libtorch's caching allocator, whose later reuse of the memory is
+        // ordered on the compute stream after the wait above.
+        self.in_flight.clear();
+        Ok(())
     }
 
     fn broadcast(&mut self, tensors: &[Tensor], root: usize) -> Result<()> {
