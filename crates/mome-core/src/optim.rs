@@ -325,6 +325,42 @@ impl AdamW {
     /// One AdamW step with learning rate `lr`, in place, under `no_grad`, on the
     /// parameters' device. Performs no host synchronisation.
     pub fn step(&mut self, lr: f64) -> Result<()> {
+        self.step_masked(lr, None)
+    }
+
+    /// [`AdamW::step`] on the parameters with `owned[i]` only (indices as in
+    /// [`AdamW::params`]); the others keep their values and moments. The step count
+    /// advances as in a full step. Used by the sharded data-parallel update, where
+    /// each rank updates its share ([`AdamW::shard_owners`]).
+    pub fn step_owned(&mut self, lr: f64, owned: &[bool]) -> Result<()> {
+        if owned.len() != self.params.len() {
+            return Err(Error::Config(format!(
+                "ownership mask of {} entries for {} parameters",
+                owned.len(),
+                self.params.len()
+            )));
+        }
+        self.step_masked(lr, Some(owned))
+    }
+
+    /// The rank that updates each parameter when `world` ranks share the update:
+    /// every (decay group, device) buffer is cut into `world` contiguous ranges of
+    /// about equal size and a parameter goes to the range holding its middle, so each
+    /// rank's share is a few flat runs.
+    pub fn shard_owners(&self, world: usize) -> Vec<usize> {
+        let world = world.max(1);
+        let mut owners = vec![0; self.params.len()];
+        for g in &self.groups {
+            let total = g.exp_avg.numel().max(1) as f64;
+            for (&i, &off) in g.members.iter().zip(&g.offsets) {
+                let mid = off as f64 + self.params[i].tensor.numel() as f64 / 2.0;
+                owners[i] = ((mid / total * world as f64) as usize).min(world - 1);
+            }
+        }
+        owners
+    }
+
+    fn step_masked(&mut self, lr: f64, owned: Option<&[bool]>) -> Result<()> {
         if !lr.is_finite() || lr < 0.0 {
             return Err(Error::Config(format!(
                 "learning rate {lr} must be finite and >= 0"
@@ -355,7 +391,13 @@ impl AdamW {
             let grads: Vec<Option<Tensor>> = g
                 .members
                 .iter()
-                .map(|&i| Self::active(&self.params[i]))
+                .map(|&i| {
+                    if owned.is_some_and(|o| !o[i]) {
+                        None
+                    } else {
+                        Self::active(&self.params[i])
+                    }
+                })
                 .collect();
             if flat {
                 // Maximal runs of consecutive active members: their moments are
@@ -708,6 +750,76 @@ mod tests {
             assert!(!a.equal(&before_c), "active param unchanged ({imp:?})");
             let _ = b.set_requires_grad(true);
         }
+    }
+
+    /// Each of two ranks updates its share (`step_owned` with `shard_owners`), then
+    /// takes the other's share: the same values as one full step, bit for bit.
+    #[test]
+    fn owned_steps_of_all_ranks_equal_one_full_step() {
+        let names = ["h.0.weight", "h.1.weight", "h.2.weight", "h.0.bias"];
+        let sizes = [4i64, 6, 2, 3];
+        let make = || {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let ps: Vec<Tensor> = names
+                .iter()
+                .zip(sizes)
+                .enumerate()
+                .map(|(k, (n, len))| {
+                    let (path, leaf) = n.rsplit_once('.').expect("dotted name");
+                    let p = path.split('.').fold(vs.root(), |p, s| p / s);
+                    p.var(leaf, &[len], nn::Init::Const(0.1 * k as f64))
+                })
+                .collect();
+            let cfg = AdamWConfig {
+                lr: 0.05,
+                weight_decay: 0.3,
+                ..Default::default()
+            };
+            let opt = AdamW::new(&vs, cfg).unwrap().with_impl(AdamWImpl::Flat);
+            (vs, ps, opt)
+        };
+        let grads = |ps: &[Tensor], step: usize| {
+            let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
+            for (k, p) in ps.iter().enumerate() {
+                let c = Tensor::arange(p.numel() as i64, (Kind::Float, Device::Cpu))
+                    * (1.0 + k as f64)
+                    - step as f64;
+                loss += (p * c).sum(Kind::Float);
+            }
+            loss.backward();
+        };
+        let (_vs, full_ps, mut full) = make();
+        let ranks: Vec<_> = (0..2).map(|_| make()).collect();
+        let owners = ranks[0].2.shard_owners(2);
+        // Both ranks own something; the split follows the sorted names.
+        assert!(owners.contains(&0) && owners.contains(&1), "{owners:?}");
+        let mut ranks = ranks;
+        for step in 0..3 {
+            full.zero_grad();
+            grads(&full_ps, step);
+            full.step(0.05).unwrap();
+            for (r, (_, ps, opt)) in ranks.iter_mut().enumerate() {
+                opt.zero_grad();
+                grads(ps, step);
+                let owned: Vec<bool> = owners.iter().map(|&o| o == r).collect();
+                opt.step_owned(0.05, &owned).unwrap();
+            }
+            // The exchange: every rank takes each parameter from its owner.
+            let named: Vec<Vec<(String, Tensor)>> =
+                ranks.iter().map(|(_, _, o)| o.params()).collect();
+            for (i, &o) in owners.iter().enumerate() {
+                let src = named[o][i].1.copy();
+                for rank in &named {
+                    tch::no_grad(|| rank[i].1.shallow_clone().copy_(&src));
+                }
+            }
+        }
+        for (r, (_, _, opt)) in ranks.iter().enumerate() {
+            for ((n, a), (_, b)) in full.params().iter().zip(opt.params()) {
+                assert!(a.equal(&b), "rank {r}: {n}");
+            }
+        }
+        assert!(full.step_owned(0.05, &[true]).is_err());
     }
 
     #[test]

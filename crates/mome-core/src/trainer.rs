@@ -143,6 +143,15 @@ pub struct TrainConfig {
     /// everything after backward. Same arithmetic either way. Default `true`.
     #[serde(default = "default_true")]
     pub grad_overlap: bool,
+    /// Data parallel: share the update between the ranks, as ZeRO-1 does: after the
+    /// all-reduce each rank clips (with the global norm) and updates only its share
+    /// of the parameters (about 1/N of each buffer, [`AdamW::shard_owners`]), then
+    /// every rank broadcasts its updated share. The update's time is divided by N
+    /// (it does not shrink with the per-rank batch); moments stay allocated for every
+    /// parameter and are gathered on rank 0 before each checkpoint. Same arithmetic
+    /// up to the summation order of the gradient norm. Default `false`.
+    #[serde(default)]
+    pub shard_update: bool,
 }
 
 fn default_true() -> bool {
@@ -193,6 +202,7 @@ impl TrainConfig {
             quiet: false,
             grad_reduce: GradReduce::Fp32,
             grad_overlap: true,
+            shard_update: false,
         }
     }
 
@@ -276,6 +286,8 @@ pub struct Trainer {
     dist: Option<GroupHandle>,
     buckets: GradBuckets,
     overlap: Option<OverlapReducer>,
+    // Sharded update: the rank that updates each parameter (index of `params`).
+    owners: Option<Vec<usize>>,
     step: u64,
     tokens_seen: u64,
     elapsed_before_s: f64,
@@ -427,6 +439,11 @@ impl Trainer {
                         OVERLAP_BUCKET_ELEMENTS,
                     ));
                 }
+                if let (Some(d), true) = (dist.as_ref(), t.cfg.shard_update) {
+                    if d.world_size() > 1 {
+                        t.owners = Some(t.opt.shard_owners(d.world_size()));
+                    }
+                }
                 t.dist = dist;
                 if let Err(e) = t.sync_start() {
                     if let Some(d) = t.dist.as_ref() {
@@ -570,6 +587,7 @@ impl Trainer {
             dist: None,
             buckets,
             overlap: None,
+            owners: None,
             step,
             tokens_seen,
             elapsed_before_s,
@@ -647,6 +665,31 @@ impl Trainer {
             &extras,
             &state,
         )
+    }
+
+    /// Sharded update: every rank (rank 0 writes the checkpoint) takes the moments of
+    /// each parameter from the rank that updates it.
+    fn gather_moments(&self) -> Result<()> {
+        let (Some(d), Some(owners)) = (self.dist.as_ref(), self.owners.as_ref()) else {
+            return Ok(());
+        };
+        // [step, exp_avg/p0, exp_avg_sq/p0, exp_avg/p1, ...] in `params` order.
+        let state = self.opt.state_tensors();
+        for r in 0..d.world_size() {
+            let moments: Vec<Tensor> = owners
+                .iter()
+                .enumerate()
+                .filter(|(_, &o)| o == r)
+                .flat_map(|(i, _)| {
+                    [
+                        state[1 + 2 * i].1.shallow_clone(),
+                        state[2 + 2 * i].1.shallow_clone(),
+                    ]
+                })
+                .collect();
+            d.broadcast(&moments, r)?;
+        }
+        Ok(())
     }
 
     /// Trains from the current step to `max_steps`.
@@ -757,7 +800,14 @@ impl Trainer {
                 let kind = self.cfg.grad_reduce.kind();
                 d.with(|g| buckets.all_reduce_mean_as(g, params, kind))?;
             }
-            let mut norm = grad_norm_tensor(&self.params)?;
+            let mut norm = match (self.dist.as_ref(), self.owners.as_ref()) {
+                (Some(d), Some(owners)) => Some(sharded_grad_norm(
+                    d,
+                    &owned_by(&self.params, owners, rank),
+                    self.device,
+                )?),
+                _ => grad_norm_tensor(&self.params)?,
+            };
             if let Some(n) = norm.as_mut() {
                 // Parameters on several devices (placed experts): keep the norm on
                 // the trainer's device, with the rest of the step's bookkeeping.
@@ -766,11 +816,31 @@ impl Trainer {
                 }
             }
             watch.record(&step_loss, norm.as_ref(), step)?;
-            if let (Some(max), Some(n)) = (self.cfg.clip_grad_norm, &norm) {
-                clip_grads_with_norm(&self.params, n, max)?;
-            }
             let lr = schedule.lr_at(step);
-            self.opt.step(lr)?;
+            match (self.dist.as_ref(), self.owners.as_ref()) {
+                (Some(d), Some(owners)) => {
+                    let mine = owned_by(&self.params, owners, rank);
+                    if let (Some(max), Some(n)) = (self.cfg.clip_grad_norm, &norm) {
+                        clip_grads_with_norm(&mine, n, max)?;
+                    }
+                    let owned: Vec<bool> = owners.iter().map(|&o| o == rank).collect();
+                    self.opt.step_owned(lr, &owned)?;
+                    // Every rank takes the updated parameters from their owner.
+                    for r in 0..world {
+                        let updated: Vec<Tensor> = owned_by(&self.params, owners, r)
+                            .into_iter()
+                            .filter(|p| p.requires_grad() && p.grad().defined())
+                            .collect();
+                        d.broadcast(&updated, r)?;
+                    }
+                }
+                _ => {
+                    if let (Some(max), Some(n)) = (self.cfg.clip_grad_norm, &norm) {
+                        clip_grads_with_norm(&self.params, n, max)?;
+                    }
+                    self.opt.step(lr)?;
+                }
+            }
             self.opt.zero_grad();
             self.step = step;
             window_loss = window_loss.f_add(&step_loss)?;
@@ -842,6 +912,9 @@ impl Trainer {
                     last_eval = Some(v);
                 }
             }
+            if is_ckpt {
+                self.gather_moments()?;
+            }
             if is_ckpt && primary {
                 let p = self.save(source, extra_files, elapsed_s)?;
                 progress.println(&format!("checkpoint {}", p.display()));
@@ -859,4 +932,25 @@ impl Trainer {
             last_eval,
         })
     }
+}
+
+/// The parameters that rank `rank` updates (sharded update).
+fn owned_by(params: &[Tensor], owners: &[usize], rank: usize) -> Vec<Tensor> {
+    params
+        .iter()
+        .zip(owners)
+        .filter(|(_, &o)| o == rank)
+        .map(|(p, _)| p.shallow_clone())
+        .collect()
+}
+
+/// The global gradient norm from each rank's share: the squared norms of the shares
+/// summed over the ranks.
+fn sharded_grad_norm(group: &GroupHandle, mine: &[Tensor], device: Device) -> Result<Tensor> {
+    let sq = match grad_norm_tensor(mine)? {
+        Some(n) => n.f_to_device(device)?.f_square()?,
+        None => Tensor::f_zeros([], (Kind::Float, device))?,
+    };
+    group.all_reduce_sum(std::slice::from_ref(&sq))?;
+    Ok(sq.f_sqrt()?)
 }

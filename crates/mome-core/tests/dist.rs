@@ -485,6 +485,48 @@ fn overlapped_reduction_equals_reduction_after_backward() {
     }
 }
 
+/// `shard_update`: each rank clips and updates its share, then broadcasts it; the
+/// run equals the full update up to the summation order of the gradient norm, and
+/// a resume (moments gathered on rank 0 before the checkpoint) continues it exactly.
+#[test]
+fn sharded_update_matches_the_full_update_and_resumes() {
+    let _g = lock();
+    let cfg = |steps, shard| {
+        let mut c = dp_cfg(steps, 1);
+        c.schedule = mome_core::schedule::ScheduleKind::Constant;
+        c.shard_update = shard;
+        c
+    };
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (full, _) = train_dp(2, a.path(), cfg(10, false), 8);
+    let (sharded, _) = train_dp(2, b.path(), cfg(10, true), 8);
+    let d = max_diff(&full, &sharded);
+    assert!(d <= 1e-6, "weights differ by {d}");
+    let (la, lb) = (losses(a.path()), losses(b.path()));
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{la:?} vs {lb:?}");
+    }
+    // Both ranks end with the same weights.
+    let dirs = vec![c.path().to_path_buf(); 2];
+    let first: Vec<_> = train_ranks(&dirs, cfg(6, true), 8, false)
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(max_diff(&first[0].0, &first[1].0), 0.0);
+    let resumed: Vec<_> = train_ranks(&dirs, cfg(10, true), 8, true)
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(resumed[0].1.start_step, 6);
+    let d = max_diff(&sharded, &resumed[0].0);
+    assert!(d <= 1e-6, "resumed weights differ by {d}");
+    assert_eq!(max_diff(&resumed[0].0, &resumed[1].0), 0.0);
+}
+
 /// `grad_reduce = "bf16"`: the gradients cross in bf16, so the run is close to the
 /// fp32 one but not equal to it.
 #[test]

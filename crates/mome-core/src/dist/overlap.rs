@@ -183,6 +183,27 @@ impl GradReady for Shared {
 /// backward runs (see the module docs). Per step: [`OverlapReducer::arm`] before
 /// the backward of the last micro-batch, [`OverlapReducer::finish`] after it; the
 /// gradients are then the mean over the ranks.
+///
+/// ```
+/// use mome_core::dist::{GroupHandle, LocalGroup, OverlapReducer};
+/// use tch::{Device, Kind, Tensor};
+///
+/// # fn main() -> mome_core::Result<()> {
+/// let w = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+/// // One rank here; every rank of a real group runs the same steps.
+/// let group = GroupHandle::new(Box::new(LocalGroup::new(1).remove(0)));
+/// let mut reducer = OverlapReducer::new(group, &[("w".into(), w.shallow_clone())], None, 1 << 20);
+/// for _ in 0..2 {
+///     let loss = (&w * 2.0).sum(Kind::Float);
+///     reducer.arm()?;
+///     loss.backward(); // buckets start here once backward's order is known
+///     reducer.finish()?; // w.grad() is now the mean over the ranks
+///     assert_eq!(w.grad().sum(Kind::Float).double_value(&[]), 6.0);
+///     w.grad().zero_();
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub struct OverlapReducer {
     shared: Arc<Shared>,
     hooks: GradHooks,
