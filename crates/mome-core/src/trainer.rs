@@ -29,7 +29,9 @@
 //! and divided by `N` (step 3 then clips the global gradient): the update is the one
 //! of the global batch on one device. With `grad_overlap` (default) each bucket's
 //! sum starts during the last micro-batch's backward, as soon as its gradients are
-//! made ([`crate::dist::OverlapReducer`]; NCCL runs it on a stream of its own). Rank 0 alone writes
+//! made ([`crate::dist::OverlapReducer`]; NCCL runs it on a stream of its own). With
+//! `shard_update` each rank clips and updates only its share of the parameters and
+//! broadcasts it ([`AdamW::step_owned`]). Rank 0 alone writes
 //! metrics, checkpoints and progress and runs `eval_fn`; logged losses are the mean
 //! over the ranks, reduced at log steps only. Token counts are global. Rank 0 keeps
 //! the single-process torch seed of each step; other ranks use

@@ -658,7 +658,8 @@ fn the_single_process_trainer_refuses_several_ranks() {
 mod nccl {
     use super::*;
     use mome_core::dist::nccl::{nccl_version, unique_id, NcclGroup};
-    use mome_core::dist::Collective;
+    use mome_core::dist::{Collective, GroupHandle, OverlapReducer};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Loads libnccl (no GPU needed).
     #[test]
@@ -777,5 +778,109 @@ mod nccl {
         assert_eq!(z.abs().max().double_value(&[]), 0.0);
         let cpu = Tensor::zeros([2], (Kind::Float, Device::Cpu));
         assert!(g.start_all_reduce_sum(&cpu).is_err());
+    }
+
+    /// An NCCL rank that records, per started sum, whether the test was inside
+    /// backward at the time.
+    #[derive(Debug)]
+    struct Recording {
+        inner: NcclGroup,
+        in_backward: Arc<AtomicBool>,
+        starts: Arc<Mutex<Vec<bool>>>,
+    }
+
+    impl Collective for Recording {
+        fn rank(&self) -> usize {
+            self.inner.rank()
+        }
+        fn world_size(&self) -> usize {
+            self.inner.world_size()
+        }
+        fn all_reduce_sum(&mut self, tensors: &[Tensor]) -> Result<()> {
+            self.inner.all_reduce_sum(tensors)
+        }
+        fn broadcast(&mut self, tensors: &[Tensor], root: usize) -> Result<()> {
+            self.inner.broadcast(tensors, root)
+        }
+        fn start_all_reduce_sum(&mut self, tensor: &Tensor) -> Result<()> {
+            let during = self.in_backward.load(Ordering::SeqCst);
+            self.starts.lock().unwrap().push(during);
+            self.inner.start_all_reduce_sum(tensor)
+        }
+        fn wait_started(&mut self) -> Result<()> {
+            self.inner.wait_started()
+        }
+    }
+
+    /// On CUDA the hooks run on libtorch's backward thread: with one bucket per
+    /// weight, every bucket after the first step starts inside backward, on NCCL's
+    /// stream, while the remaining backward kernels run, and the gradients that come
+    /// back equal those of a plain backward.
+    #[test]
+    fn cuda_buckets_start_during_backward_and_keep_the_gradients() {
+        let _g = lock();
+        let dev = Device::Cuda(0);
+        let vs = nn::VarStore::new(dev);
+        tch::manual_seed(5);
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.05,
+        };
+        let ws: Vec<Tensor> = (0..6)
+            .map(|i| vs.root().var(&format!("w{i}"), &[1024, 1024], init))
+            .collect();
+        let named: Vec<(String, Tensor)> = ws
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("w{i}"), w.shallow_clone()))
+            .collect();
+        let in_backward = Arc::new(AtomicBool::new(false));
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let group = GroupHandle::new(Box::new(Recording {
+            inner: one_rank(),
+            in_backward: in_backward.clone(),
+            starts: starts.clone(),
+        }));
+        // A cap below one weight (1 Mi elements): one bucket per weight.
+        let mut r = OverlapReducer::new(group, &named, None, 1 << 19);
+        let x = Tensor::randn([512, 1024], (Kind::Float, dev));
+        let loss_of = |k: f64| {
+            let mut h = x.shallow_clone();
+            for w in &ws {
+                h = h.matmul(w).tanh();
+            }
+            h.square().sum(Kind::Float) * k
+        };
+        let zero = || {
+            for w in &ws {
+                w.shallow_clone().zero_grad();
+            }
+        };
+        for step in 0..4 {
+            let k = 1.0 + step as f64;
+            zero();
+            let loss = loss_of(k);
+            r.arm().unwrap();
+            in_backward.store(true, Ordering::SeqCst);
+            loss.backward();
+            in_backward.store(false, Ordering::SeqCst);
+            r.finish().unwrap();
+            let reduced: Vec<Tensor> = ws.iter().map(|w| w.grad().copy()).collect();
+            zero();
+            loss_of(k).backward();
+            for (i, (a, w)) in reduced.iter().zip(&ws).enumerate() {
+                let b = w.grad();
+                let d = (a - &b).abs().max().double_value(&[]);
+                let m = b.abs().max().double_value(&[]);
+                assert!(
+                    m > 0.0 && d <= 1e-6 * m,
+                    "step {step}, w{i}: {d} vs max {m}"
+                );
+            }
+        }
+        let starts = starts.lock().unwrap().clone();
+        assert_eq!(starts.len(), 4 * 6, "{starts:?}");
+        assert!(starts[..6].iter().all(|d| !d), "{starts:?}");
+        assert!(starts[6..].iter().all(|d| *d), "{starts:?}");
     }
 }
