@@ -288,8 +288,7 @@ pub struct Trainer {
     dist: Option<GroupHandle>,
     buckets: GradBuckets,
     overlap: Option<OverlapReducer>,
-    // Sharded update: the rank that updates each parameter (index of `params`).
-    owners: Option<Vec<usize>>,
+    shard: Option<Shard>,
     step: u64,
     tokens_seen: u64,
     elapsed_before_s: f64,
@@ -443,7 +442,7 @@ impl Trainer {
                 }
                 if let (Some(d), true) = (dist.as_ref(), t.cfg.shard_update) {
                     if d.world_size() > 1 {
-                        t.owners = Some(t.opt.shard_owners(d.world_size()));
+                        t.shard = Some(Shard::new(&t.opt, &t.params, d.rank(), d.world_size()));
                     }
                 }
                 t.dist = dist;
@@ -589,7 +588,7 @@ impl Trainer {
             dist: None,
             buckets,
             overlap: None,
-            owners: None,
+            shard: None,
             step,
             tokens_seen,
             elapsed_before_s,
@@ -672,24 +671,11 @@ impl Trainer {
     /// Sharded update: every rank (rank 0 writes the checkpoint) takes the moments of
     /// each parameter from the rank that updates it.
     fn gather_moments(&self) -> Result<()> {
-        let (Some(d), Some(owners)) = (self.dist.as_ref(), self.owners.as_ref()) else {
+        let (Some(d), Some(shard)) = (self.dist.as_ref(), self.shard.as_ref()) else {
             return Ok(());
         };
-        // [step, exp_avg/p0, exp_avg_sq/p0, exp_avg/p1, ...] in `params` order.
-        let state = self.opt.state_tensors();
-        for r in 0..d.world_size() {
-            let moments: Vec<Tensor> = owners
-                .iter()
-                .enumerate()
-                .filter(|(_, &o)| o == r)
-                .flat_map(|(i, _)| {
-                    [
-                        state[1 + 2 * i].1.shallow_clone(),
-                        state[2 + 2 * i].1.shallow_clone(),
-                    ]
-                })
-                .collect();
-            d.broadcast(&moments, r)?;
+        for (r, moments) in shard.moments.iter().enumerate() {
+            d.broadcast(moments, r)?;
         }
         Ok(())
     }
@@ -802,12 +788,10 @@ impl Trainer {
                 let kind = self.cfg.grad_reduce.kind();
                 d.with(|g| buckets.all_reduce_mean_as(g, params, kind))?;
             }
-            let mut norm = match (self.dist.as_ref(), self.owners.as_ref()) {
-                (Some(d), Some(owners)) => Some(sharded_grad_norm(
-                    d,
-                    &owned_by(&self.params, owners, rank),
-                    self.device,
-                )?),
+            let mut norm = match (self.dist.as_ref(), self.shard.as_ref()) {
+                (Some(d), Some(shard)) => {
+                    Some(sharded_grad_norm(d, &shard.params[rank], self.device)?)
+                }
                 _ => grad_norm_tensor(&self.params)?,
             };
             if let Some(n) = norm.as_mut() {
@@ -819,19 +803,18 @@ impl Trainer {
             }
             watch.record(&step_loss, norm.as_ref(), step)?;
             let lr = schedule.lr_at(step);
-            match (self.dist.as_ref(), self.owners.as_ref()) {
-                (Some(d), Some(owners)) => {
-                    let mine = owned_by(&self.params, owners, rank);
+            match (self.dist.as_ref(), self.shard.as_ref()) {
+                (Some(d), Some(shard)) => {
                     if let (Some(max), Some(n)) = (self.cfg.clip_grad_norm, &norm) {
-                        clip_grads_with_norm(&mine, n, max)?;
+                        clip_grads_with_norm(&shard.params[rank], n, max)?;
                     }
-                    let owned: Vec<bool> = owners.iter().map(|&o| o == rank).collect();
-                    self.opt.step_owned(lr, &owned)?;
+                    self.opt.step_owned(lr, &shard.owned)?;
                     // Every rank takes the updated parameters from their owner.
-                    for r in 0..world {
-                        let updated: Vec<Tensor> = owned_by(&self.params, owners, r)
-                            .into_iter()
+                    for (r, owned) in shard.params.iter().enumerate() {
+                        let updated: Vec<Tensor> = owned
+                            .iter()
                             .filter(|p| p.requires_grad() && p.grad().defined())
+                            .map(Tensor::shallow_clone)
                             .collect();
                         d.broadcast(&updated, r)?;
                     }
@@ -936,14 +919,36 @@ impl Trainer {
     }
 }
 
-/// The parameters that rank `rank` updates (sharded update).
-fn owned_by(params: &[Tensor], owners: &[usize], rank: usize) -> Vec<Tensor> {
-    params
-        .iter()
-        .zip(owners)
-        .filter(|(_, &o)| o == rank)
-        .map(|(p, _)| p.shallow_clone())
-        .collect()
+/// The sharded update's split ([`TrainConfig::shard_update`]), fixed for the run.
+#[derive(Debug)]
+struct Shard {
+    /// Per parameter (in [`AdamW::params`] order): whether this rank updates it.
+    owned: Vec<bool>,
+    /// Per rank: the parameters it updates.
+    params: Vec<Vec<Tensor>>,
+    /// Per rank: the AdamW moments of those parameters (broadcast before checkpoints).
+    moments: Vec<Vec<Tensor>>,
+}
+
+impl Shard {
+    /// `params` in `opt`'s order, split over `world` ranks by [`AdamW::shard_owners`].
+    fn new(opt: &AdamW, params: &[Tensor], rank: usize, world: usize) -> Self {
+        let owners = opt.shard_owners(world);
+        // [step, exp_avg/p0, exp_avg_sq/p0, exp_avg/p1, ...] in `params` order.
+        let state = opt.state_tensors();
+        let mut by_rank: Vec<Vec<Tensor>> = (0..world).map(|_| Vec::new()).collect();
+        let mut moments: Vec<Vec<Tensor>> = (0..world).map(|_| Vec::new()).collect();
+        for (i, &o) in owners.iter().enumerate() {
+            by_rank[o].push(params[i].shallow_clone());
+            moments[o].push(state[1 + 2 * i].1.shallow_clone());
+            moments[o].push(state[2 + 2 * i].1.shallow_clone());
+        }
+        Self {
+            owned: owners.iter().map(|&o| o == rank).collect(),
+            params: by_rank,
+            moments,
+        }
+    }
 }
 
 /// The global gradient norm from each rank's share: the squared norms of the shares

@@ -420,55 +420,69 @@ impl GradBuckets {
             let mut grads: Vec<Vec<Tensor>> = Vec::with_capacity(self.buckets.len());
             let mut flats = Vec::with_capacity(self.buckets.len());
             for bucket in &self.buckets {
-                let mut gs = Vec::with_capacity(bucket.len());
-                for &i in bucket {
-                    let (name, p) = &params[i];
-                    if !p.requires_grad() {
-                        continue;
-                    }
-                    let g = p.grad();
-                    if !g.defined() {
-                        return Err(Error::Distributed(format!(
-                            "parameter `{name}` has no gradient on rank {}: every rank must \
-                             produce gradients for the same parameters",
-                            group.rank()
-                        )));
-                    }
-                    gs.push(g);
-                }
+                let gs = bucket
+                    .iter()
+                    .map(|&i| &params[i])
+                    .filter(|(_, p)| p.requires_grad())
+                    .map(|(name, p)| required_grad(name, p, group.rank()))
+                    .collect::<Result<Vec<_>>>()?;
                 if gs.is_empty() {
                     continue;
                 }
-                let views = gs
-                    .iter()
-                    .map(|g| g.f_reshape([-1]))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                let mut flat = Tensor::f_cat(&views, 0)?;
-                if let Some(k) = kind {
-                    if flat.kind() != k {
-                        flat = flat.f_to_kind(k)?;
-                    }
-                }
-                flats.push(flat);
+                flats.push(flatten_grads(&gs, kind)?);
                 grads.push(gs);
             }
             group.all_reduce_sum(&flats)?;
             let world = group.world_size();
             for (flat, gs) in flats.iter_mut().zip(&grads) {
-                if world > 1 {
-                    let _ = flat.f_div_scalar_(world as f64)?;
-                }
-                let mut off = 0i64;
-                for g in gs {
-                    let n = g.numel() as i64;
-                    let mut g = g.shallow_clone();
-                    g.f_copy_(&flat.f_narrow(0, off, n)?.f_view_as(&g)?)?;
-                    off += n;
-                }
+                unflatten_mean(flat, gs, world)?;
             }
             Ok(())
         })
     }
+}
+
+/// The gradient of parameter `name`, which every rank must have (the ranks run the
+/// same model on equal slices and freeze the same parameters).
+fn required_grad(name: &str, p: &Tensor, rank: usize) -> Result<Tensor> {
+    let g = p.grad();
+    if !g.defined() {
+        return Err(Error::Distributed(format!(
+            "parameter `{name}` has no gradient on rank {rank}: every rank must produce \
+             gradients for the same parameters"
+        )));
+    }
+    Ok(g)
+}
+
+/// `grads` concatenated into one flat tensor, cast to `kind` when given (call under
+/// `no_grad`).
+fn flatten_grads(grads: &[Tensor], kind: Option<Kind>) -> Result<Tensor> {
+    let views = grads
+        .iter()
+        .map(|g| g.f_reshape([-1]))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let flat = Tensor::f_cat(&views, 0)?;
+    Ok(match kind {
+        Some(k) if flat.kind() != k => flat.f_to_kind(k)?,
+        _ => flat,
+    })
+}
+
+/// The sums over `world` ranks in `flat` divided by `world` and copied back into
+/// `grads`, the tensors [`flatten_grads`] concatenated (call under `no_grad`).
+fn unflatten_mean(flat: &mut Tensor, grads: &[Tensor], world: usize) -> Result<()> {
+    if world > 1 {
+        let _ = flat.f_div_scalar_(world as f64)?;
+    }
+    let mut off = 0i64;
+    for g in grads {
+        let n = g.numel() as i64;
+        g.shallow_clone()
+            .f_copy_(&flat.f_narrow(0, off, n)?.f_view_as(g)?)?;
+        off += n;
+    }
+    Ok(())
 }
 
 /// The process group of this process from the environment, for a model on `device`.

@@ -203,10 +203,12 @@ fn set_device(ordinal: usize) -> Result<()> {
     if ordinal == 0 {
         return Ok(());
     }
-    let ctx = primary_context(ordinal)?;
-    // SAFETY: `ctx` is a primary context retained for the life of the process.
-    unsafe { drv::ctx::set_current(ctx as cudarc::driver::sys::CUcontext) }
-        .map_err(|e| Error::Distributed(format!("cuCtxSetCurrent({ordinal}): {e:?}")))
+    make_current(ordinal)
+}
+
+/// A CUDA driver error of call `what` (`what` names the call and its purpose).
+fn driver_error(what: &'static str) -> impl Fn(drv::DriverError) -> Error {
+    move |e| Error::Distributed(format!("{what}: {e:?}"))
 }
 
 fn nccl_type(kind: Kind) -> Result<sys::ncclDataType_t> {
@@ -332,14 +334,14 @@ unsafe impl Send for SideStream {}
 impl SideStream {
     fn new(ordinal: usize) -> Result<Self> {
         make_current(ordinal)?;
-        let err = |what: &str, e: drv::DriverError| {
-            Error::Distributed(format!("{what} for the overlapped all-reduce: {e:?}"))
-        };
         let flags = drv_sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
         let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking)
-            .map_err(|e| err("cuStreamCreate", e))?;
-        let ready = drv::event::create(flags).map_err(|e| err("cuEventCreate", e))?;
-        let done = drv::event::create(flags).map_err(|e| err("cuEventCreate", e))?;
+            .map_err(driver_error("cuStreamCreate for the overlapped all-reduce"))?;
+        let event = || {
+            drv::event::create(flags)
+                .map_err(driver_error("cuEventCreate for the overlapped all-reduce"))
+        };
+        let (ready, done) = (event()?, event()?);
         Ok(Self {
             stream,
             ready,
@@ -558,7 +560,6 @@ impl Collective for NcclGroup {
         let side = self.side.as_ref().expect("made above");
         let lib = self.comm.lib;
         let raw = self.comm.raw;
-        let err = |what: &str, e: drv::DriverError| Error::Distributed(format!("{what}: {e:?}"));
         // SAFETY: the events and stream are live (owned by `side`); the null stream is
         // the compute stream. The side stream waits for everything queued on the
         // compute stream so far (the kernels that wrote `tensor`). `tensor` is a
@@ -567,13 +568,13 @@ impl Collective for NcclGroup {
         // (`wait_started`), so its memory is not reused while NCCL works on it.
         unsafe {
             drv::event::record(side.ready, drv::stream::null())
-                .map_err(|e| err("cuEventRecord", e))?;
+                .map_err(driver_error("cuEventRecord"))?;
             drv::stream::wait_event(
                 side.stream,
                 side.ready,
                 drv_sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
             )
-            .map_err(|e| err("cuStreamWaitEvent", e))?;
+            .map_err(driver_error("cuStreamWaitEvent"))?;
             let ptr = tensor.data_ptr();
             check(
                 lib,
@@ -602,17 +603,16 @@ impl Collective for NcclGroup {
             return Ok(());
         };
         make_current(self.ordinal)?;
-        let err = |what: &str, e: drv::DriverError| Error::Distributed(format!("{what}: {e:?}"));
         // SAFETY: live handles (see `start_all_reduce_sum`); the compute stream waits
         // for everything queued on the side stream so far.
         unsafe {
-            drv::event::record(side.done, side.stream).map_err(|e| err("cuEventRecord", e))?;
+            drv::event::record(side.done, side.stream).map_err(driver_error("cuEventRecord"))?;
             drv::stream::wait_event(
                 drv::stream::null(),
                 side.done,
                 drv_sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
             )
-            .map_err(|e| err("cuStreamWaitEvent", e))?;
+            .map_err(driver_error("cuStreamWaitEvent"))?;
         }
         // Freed to libtorch's caching allocator, whose later reuse of the memory is
         // ordered on the compute stream after the wait above.

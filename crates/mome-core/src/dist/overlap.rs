@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tch::{Kind, Tensor};
 
 use super::hooks::{GradHooks, GradReady};
-use super::GroupHandle;
+use super::{flatten_grads, required_grad, unflatten_mean, GroupHandle};
 use crate::{Error, Result};
 
 /// Default bucket size of the overlapped reduction: 25 MiB of fp32 (PyTorch DDP's
@@ -96,32 +96,12 @@ impl State {
             .step
             .as_mut()
             .ok_or_else(|| Error::Distributed("gradient reduction not armed".into()))?;
-        let mut grads = Vec::with_capacity(plan.buckets[b].len());
-        for &i in &plan.buckets[b] {
-            let g = self.params[i].grad();
-            if !g.defined() {
-                return Err(Error::Distributed(format!(
-                    "parameter `{}` has no gradient on rank {}: every rank must produce \
-                     gradients for the same parameters",
-                    self.names[i],
-                    self.group.rank()
-                )));
-            }
-            grads.push(g);
-        }
-        let flat = tch::no_grad(|| -> Result<Tensor> {
-            let views = grads
-                .iter()
-                .map(|g| g.f_reshape([-1]))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let mut flat = Tensor::f_cat(&views, 0)?;
-            if let Some(k) = self.kind {
-                if flat.kind() != k {
-                    flat = flat.f_to_kind(k)?;
-                }
-            }
-            Ok(flat)
-        })?;
+        let rank = self.group.rank();
+        let grads = plan.buckets[b]
+            .iter()
+            .map(|&i| required_grad(&self.names[i], &self.params[i], rank))
+            .collect::<Result<Vec<_>>>()?;
+        let flat = tch::no_grad(|| flatten_grads(&grads, self.kind))?;
         self.group.with(|g| g.start_all_reduce_sum(&flat))?;
         st.started.push(Started { flat, grads });
         Ok(())
@@ -314,18 +294,8 @@ impl OverlapReducer {
         let world = s.group.world_size();
         let st = s.step.as_mut().expect("armed");
         tch::no_grad(|| -> Result<()> {
-            for Started { flat, grads } in st.started.drain(..) {
-                let mut flat = flat;
-                if world > 1 {
-                    let _ = flat.f_div_scalar_(world as f64)?;
-                }
-                let mut off = 0i64;
-                for g in grads {
-                    let n = g.numel() as i64;
-                    let mut g = g;
-                    g.f_copy_(&flat.f_narrow(0, off, n)?.f_view_as(&g)?)?;
-                    off += n;
-                }
+            for Started { mut flat, grads } in st.started.drain(..) {
+                unflatten_mean(&mut flat, &grads, world)?;
             }
             Ok(())
         })
