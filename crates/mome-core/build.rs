@@ -1,16 +1,21 @@
 //! Build script: libtorch rpath and CUDA linking (shared with other crates), and the
-//! C++ gradient hooks of the data-parallel all-reduce (`csrc/grad_hooks.cpp`).
+//! C++ shim: the gradient hooks of the data-parallel all-reduce
+//! (`csrc/grad_hooks.cpp`) and libtorch's multi-tensor optimizer kernels
+//! (`csrc/fused_optim.cpp`).
 include!("../build-support/libtorch_link.rs");
 
 fn main() {
     libtorch_link();
-    grad_hooks();
+    cxx_shim();
 }
 
-/// Compiles `csrc/grad_hooks.cpp` against the libtorch that torch-sys links (its
+/// Compiles the files of `csrc/` against the libtorch that torch-sys links (its
 /// `DEP_TCH_LIBTORCH_LIB`, else `$LIBTORCH/lib`).
-fn grad_hooks() {
-    println!("cargo:rerun-if-changed=csrc/grad_hooks.cpp");
+fn cxx_shim() {
+    const FILES: [&str; 2] = ["csrc/grad_hooks.cpp", "csrc/fused_optim.cpp"];
+    for f in FILES {
+        println!("cargo:rerun-if-changed={f}");
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .map(std::path::PathBuf::from)
@@ -29,6 +34,6 @@ fn grad_hooks() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file("csrc/grad_hooks.cpp")
-        .compile("mome_grad_hooks");
+        .files(FILES)
+        .compile("mome_shim");
 }

@@ -44,7 +44,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use mome_core::optim::AdamW;
+use mome_core::optim::{AdamW, AdamWImpl};
 use mome_core::DeviceSpec;
 use mome_distill::cache::{CacheDomain, CacheManifest, IdDtype, TeacherCache, ValueDtype};
 use mome_distill::losses::{kd_loss, kd_loss_chunked, KdLoss, SparseTeacher, Teacher};
@@ -221,6 +221,10 @@ pub struct BenchTrainArgs {
     /// Peak FLOP/s used for MFU (default: H100 dense bf16, 989.4e12).
     #[arg(long, default_value_t = H100_BF16_DENSE_PEAK)]
     peak_flops: f64,
+    /// AdamW implementation: auto (fused on CUDA, per-param on the CPU), fused
+    /// (libtorch's `_fused_adamw_`), flat or per-param (see mome_core::optim).
+    #[arg(long, default_value = "auto")]
+    adamw: AdamWImpl,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -292,6 +296,8 @@ pub struct BenchReport {
     pub mfu: f64,
     /// The peak used for `mfu`.
     pub peak_flops: f64,
+    /// The AdamW implementation that ran (`auto` resolved).
+    pub adamw: AdamWImpl,
     /// Peak GPU memory of this process in MiB as nvidia-smi reports it (None on CPU).
     pub peak_gpu_memory_mib: Option<u64>,
     /// Final loss (sanity: finite).
@@ -573,8 +579,7 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
     let vs = nn::VarStore::new(device);
     let mut model = Gpt2LmHeadModel::new(&vs.root(), &cfg)?;
     model.set_compute_kind(precision.compute_kind())?;
-    // AdamWImpl::Auto: the flat multi-tensor update on CUDA (the fastest one here).
-    let mut opt = AdamW::new(&vs, file.train.optimizer)?;
+    let mut opt = AdamW::new(&vs, file.train.optimizer)?.with_impl(a.adamw);
     let b = a.batch_size.unwrap_or(file.data.batch_size) as i64;
     let accum = file.train.grad_accum.max(1) as i64;
     let lr = file.train.optimizer.lr;
@@ -747,6 +752,7 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
         flops_per_token,
         mfu: tps * flops_per_token / a.peak_flops,
         peak_flops: a.peak_flops,
+        adamw: opt.effective_impl(),
         peak_gpu_memory_mib: peak_mem,
         final_loss: last.double_value(&[]),
         kd,
@@ -892,9 +898,8 @@ fn print_report(report: &BenchReport, json: bool) -> Result<()> {
 /// ([`Setting::routed`], with the common expert for MoE-CE); the loss goes through
 /// [`MoeLoss::loss`], is divided by `grad_accum` and back-propagated. Per optimizer
 /// step, as mome-core's `Trainer::run`: the gradient norm over every optimizer
-/// parameter, clipping (`clip_grad_norm`), the AdamW step (the flat multi-tensor
-/// update on CUDA where a whole decay group has gradients, per parameter otherwise)
-/// and zeroing. Not included: the trainer's per-step reseeding and its non-finite
+/// parameter, clipping (`clip_grad_norm`), the AdamW step (`--adamw`; by default
+/// libtorch's fused kernel over the trainable parameters) and zeroing. Not included: the trainer's per-step reseeding and its non-finite
 /// watch (a few scalar kernels), and the host-to-device copy of the batch (the
 /// tokens are made on the device, as in the other modes).
 fn run_moe_bench(
@@ -921,7 +926,7 @@ fn run_moe_bench(
     model.set_compute_kind(precision.compute_kind())?;
     // As train_moe: everything trainable when the trainer (and its AdamW) is made.
     model.set_all_trainable(true);
-    let mut opt = AdamW::new(&vs, file.train.optimizer)?;
+    let mut opt = AdamW::new(&vs, file.train.optimizer)?.with_impl(a.adamw);
     let params: Vec<Tensor> = opt.params().into_iter().map(|(_, t)| t).collect();
     let setting = ResolvedSetting::new(&Setting::routed(common), &mcfg)?;
     let n = mcfg.domains.len();
@@ -1022,6 +1027,7 @@ fn run_moe_bench(
         flops_per_token,
         mfu: tps * flops_per_token / a.peak_flops,
         peak_flops: a.peak_flops,
+        adamw: opt.effective_impl(),
         peak_gpu_memory_mib: m.peak_mem,
         final_loss: m.last.double_value(&[]),
         kd: None,

@@ -44,6 +44,9 @@ mome_grad_hook *mome_grad_hook_register(const at::Tensor *param, mome_grad_ready
           return outputs;
         }));
     return new mome_grad_hook{std::move(accumulator), key};
+  } catch (const c10::Error &e) {
+    std::snprintf(err, err_len, "%s", e.what_without_backtrace());
+    return nullptr;
   } catch (const std::exception &e) {
     std::snprintf(err, err_len, "%s", e.what());
     return nullptr;

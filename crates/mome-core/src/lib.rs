@@ -37,6 +37,7 @@ pub use precision::Precision;
 pub mod checkpoint;
 pub mod data;
 pub mod dist;
+mod fused;
 pub mod metrics;
 pub mod optim;
 pub mod progress;

@@ -10,25 +10,31 @@
 //!   gradient is not touched by a step (its moments are not decayed). Freeze a module
 //!   for a step with `set_requires_grad(false)` (tch cannot reset a gradient to
 //!   "none", and a zeroed gradient is a real zero gradient).
-//! * **Two implementations with identical arithmetic:** [`AdamWImpl::PerParam`]
-//!   (about eight small kernels per parameter, best on the CPU) and
-//!   [`AdamWImpl::Flat`] (a multi-tensor update: the gradients and parameters of a
-//!   group (each run of consecutive parameters that have gradients) are concatenated
-//!   into one flat buffer, updated with a handful of kernels
-//!   against flat moment buffers, and copied back; about one kernel per parameter,
-//!   best on CUDA). libtorch's `_fused_adamw_` is not reachable: `tch` 0.24 does not
-//!   generate bindings for `_fused_adam*` / `_foreach_*` and this workspace denies
-//!   `unsafe`. [`AdamWImpl::Auto`] picks Flat on CUDA and PerParam on the CPU.
+//! * **Three implementations of the same update:**
+//!   - [`AdamWImpl::Fused`]: libtorch's `_fused_adamw_`, the kernel of
+//!     `torch.optim.AdamW(fused=True)`, reached through mome-core's C++ shim (tch
+//!     0.24 has no binding for it): one pass over parameters, gradients and moments
+//!     for a whole group, the moments read and written once.
+//!   - [`AdamWImpl::PerParam`]: about eight small kernels per parameter.
+//!   - [`AdamWImpl::Flat`]: the gradients and parameters of a group (each run of
+//!     consecutive parameters that have gradients) are concatenated into one flat
+//!     buffer, updated with a handful of kernels against the flat moment buffers,
+//!     and copied back. PerParam and Flat run the same kernels and agree bit for
+//!     bit; Fused computes the same formula in one kernel (fp32 registers) and
+//!     agrees with them to float rounding.
+//!
+//!   [`AdamWImpl::Auto`] picks Fused, the fastest on both devices
+//!   (`cargo bench -p mome-core --bench optim`; docs/performance.md).
 //!
 //! The moments of each group live in one flat fp32 buffer per moment; the
-//! per-parameter tensors are views into it, so both implementations share state.
+//! per-parameter tensors are views into it, so all implementations share state.
 
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::{Error, Result};
+use crate::{fused, Error, Result};
 
 /// AdamW hyperparameters (the learning rate is the peak; schedules scale it).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -119,16 +125,35 @@ pub fn trainable_named(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     out
 }
 
-/// Which AdamW implementation runs (same arithmetic; see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which AdamW implementation runs (same update; see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AdamWImpl {
-    /// Flat on CUDA, PerParam elsewhere.
+    /// Fused (the fastest on CUDA and on the CPU; see benches/optim.rs).
     #[default]
     Auto,
     /// One set of kernels per parameter.
     PerParam,
     /// Multi-tensor update over flat buffers per group.
     Flat,
+    /// libtorch's `_fused_adamw_` over each group.
+    Fused,
+}
+
+impl std::str::FromStr for AdamWImpl {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "per-param" => Ok(Self::PerParam),
+            "flat" => Ok(Self::Flat),
+            "fused" => Ok(Self::Fused),
+            _ => Err(Error::Config(format!(
+                "AdamW implementation `{s}`: expected auto, per-param, flat or fused"
+            ))),
+        }
+    }
 }
 
 struct Param {
@@ -140,11 +165,13 @@ struct Param {
 
 struct Group {
     decay: bool,
-    device: Device,
     members: Vec<usize>,
     offsets: Vec<i64>,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+    /// The step number as a 0-d fp32 tensor on the group's device, read by the fused
+    /// kernel.
+    step: Tensor,
 }
 
 /// AdamW over a fixed list of named fp32 parameters.
@@ -233,11 +260,11 @@ impl AdamW {
             }
             groups.push(Group {
                 decay,
-                device: dev,
                 members,
                 offsets,
                 exp_avg: Tensor::f_zeros([total], (Kind::Float, dev))?,
                 exp_avg_sq: Tensor::f_zeros([total], (Kind::Float, dev))?,
+                step: Tensor::f_zeros([], (Kind::Float, dev))?,
             });
         }
         // Per-parameter views into the flat moment buffers.
@@ -279,6 +306,14 @@ impl AdamW {
     pub fn with_impl(mut self, imp: AdamWImpl) -> Self {
         self.imp = imp;
         self
+    }
+
+    /// The implementation that runs ([`AdamWImpl::Auto`] resolved: Fused).
+    pub fn effective_impl(&self) -> AdamWImpl {
+        match self.imp {
+            AdamWImpl::Auto => AdamWImpl::Fused,
+            other => other,
+        }
     }
 
     /// The hyperparameters.
@@ -382,10 +417,9 @@ impl AdamW {
         let wd = self.cfg.weight_decay;
         let _guard = tch::no_grad_guard();
         for g in &self.groups {
-            let flat = match self.imp {
-                AdamWImpl::Auto => g.device.is_cuda(),
-                AdamWImpl::PerParam => false,
-                AdamWImpl::Flat => true,
+            let imp = match self.imp {
+                AdamWImpl::Auto => AdamWImpl::Fused,
+                other => other,
             };
             let decay = if g.decay { wd } else { 0.0 };
             let grads: Vec<Option<Tensor>> = g
@@ -399,7 +433,39 @@ impl AdamW {
                     }
                 })
                 .collect();
-            if flat {
+            if imp == AdamWImpl::Fused {
+                let mut lists: [Vec<Tensor>; 4] = Default::default();
+                for (&i, grad) in g.members.iter().zip(grads) {
+                    let Some(mut grad) = grad else { continue };
+                    if grad.kind() != Kind::Float {
+                        grad = grad.f_to_kind(Kind::Float)?;
+                    }
+                    let p = &self.params[i];
+                    lists[0].push(p.tensor.shallow_clone());
+                    lists[1].push(grad);
+                    lists[2].push(p.exp_avg.shallow_clone());
+                    lists[3].push(p.exp_avg_sq.shallow_clone());
+                }
+                if lists[0].is_empty() {
+                    continue;
+                }
+                let _ = g.step.shallow_clone().f_fill_(self.step as f64)?;
+                let [p, gr, m, v] = &lists;
+                fused::fused_adamw(
+                    p,
+                    gr,
+                    m,
+                    v,
+                    &g.step,
+                    fused::FusedAdamW {
+                        lr,
+                        beta1: b1,
+                        beta2: b2,
+                        weight_decay: decay,
+                        eps: self.cfg.eps,
+                    },
+                )?;
+            } else if imp == AdamWImpl::Flat {
                 // Maximal runs of consecutive active members: their moments are
                 // adjacent in the flat buffers, so each run is one flat update (frozen
                 // experts of a MoE split a group into a few runs).
@@ -729,7 +795,7 @@ mod tests {
         let a = (vs.root() / "a").var("weight", &[2], nn::Init::Const(1.0));
         let b = (vs.root() / "b").var("weight", &[2], nn::Init::Const(1.0));
         let c = (vs.root() / "c").var("weight", &[2], nn::Init::Const(1.0));
-        for imp in [AdamWImpl::PerParam, AdamWImpl::Flat] {
+        for imp in [AdamWImpl::PerParam, AdamWImpl::Flat, AdamWImpl::Fused] {
             let mut opt = AdamW::new(
                 &vs,
                 AdamWConfig {
@@ -756,6 +822,12 @@ mod tests {
     /// takes the other's share: the same values as one full step, bit for bit.
     #[test]
     fn owned_steps_of_all_ranks_equal_one_full_step() {
+        for imp in [AdamWImpl::Flat, AdamWImpl::Fused] {
+            owned_steps_equal_full_step(imp);
+        }
+    }
+
+    fn owned_steps_equal_full_step(imp: AdamWImpl) {
         let names = ["h.0.weight", "h.1.weight", "h.2.weight", "h.0.bias"];
         let sizes = [4i64, 6, 2, 3];
         let make = || {
@@ -775,7 +847,7 @@ mod tests {
                 weight_decay: 0.3,
                 ..Default::default()
             };
-            let opt = AdamW::new(&vs, cfg).unwrap().with_impl(AdamWImpl::Flat);
+            let opt = AdamW::new(&vs, cfg).unwrap().with_impl(imp);
             (vs, ps, opt)
         };
         let grads = |ps: &[Tensor], step: usize| {
@@ -816,7 +888,7 @@ mod tests {
         }
         for (r, (_, _, opt)) in ranks.iter().enumerate() {
             for ((n, a), (_, b)) in full.params().iter().zip(opt.params()) {
-                assert!(a.equal(&b), "rank {r}: {n}");
+                assert!(a.equal(&b), "{imp:?}, rank {r}: {n}");
             }
         }
         assert!(full.step_owned(0.05, &[true]).is_err());
@@ -872,6 +944,97 @@ mod tests {
             assert_eq!(n1, n2);
             assert!(t1.equal(t2), "{n1}");
         }
+        // The fused kernel over the same groups: equal to float rounding, frozen
+        // parameters untouched.
+        let (v3, o3) = run(AdamWImpl::Fused);
+        assert_eq!(v3[1], v1[1], "frozen b moved (fused)");
+        assert_eq!(v3[3], v1[3], "frozen d moved (fused)");
+        for (a, b) in v1.iter().flatten().zip(v3.iter().flatten()) {
+            assert_relative_eq!(*a, *b, epsilon = 1e-6, max_relative = 1e-5);
+        }
+        for ((n1, t1), (_, t3)) in o1.state_tensors().iter().zip(o3.state_tensors().iter()) {
+            let d = (t1.to_kind(Kind::Double) - t3.to_kind(Kind::Double))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(d <= 1e-6, "{n1}: {d}");
+        }
+    }
+
+    #[test]
+    fn fused_matches_hand_computed_and_per_param() {
+        let (w, b, opt) = two_steps(AdamWImpl::Fused);
+        assert_eq!(opt.step_count(), 2);
+        let (w0, b0) = ([1.0, -2.0, 0.5], [0.3, 0.0, -1.0]);
+        let gw = [[0.5, -0.2], [-1.0, 4.0], [2.0, 2.0]];
+        let gb = [[1.0, 0.1], [3.0, -3.0], [-0.25, 0.0]];
+        for i in 0..3 {
+            let rw = reference(w0[i], &gw[i], 0.1, 0.5);
+            let rb = reference(b0[i], &gb[i], 0.1, 0.0);
+            assert_relative_eq!(w[i] as f64, rw, epsilon = 1e-6);
+            assert_relative_eq!(b[i] as f64, rb, epsilon = 1e-6);
+        }
+        // Resuming the fused optimizer from saved state continues the step count
+        // (the bias corrections): a third step matches PerParam's third step.
+        let third = |imp: AdamWImpl| {
+            let (_, _, mut o) = two_steps(imp);
+            o.zero_grad();
+            let params = o.params();
+            for (_, p) in &params {
+                let loss = (p * 0.7).sum(Kind::Float);
+                loss.backward();
+            }
+            o.step(0.1).unwrap();
+            params
+                .into_iter()
+                .map(|(_, p)| Vec::<f32>::try_from(&p).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let (a, f) = (third(AdamWImpl::PerParam), third(AdamWImpl::Fused));
+        for (x, y) in a.iter().flatten().zip(f.iter().flatten()) {
+            assert_relative_eq!(*x, *y, epsilon = 1e-6);
+        }
+        let state: Vec<(String, Tensor)> = opt
+            .state_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w2 = (vs.root() / "fc").var("weight", &[3], nn::Init::Const(0.0));
+        let _ = (vs.root() / "fc").var("bias", &[3], nn::Init::Const(0.0));
+        tch::no_grad(|| w2.shallow_clone().copy_(&Tensor::from_slice(&w)));
+        let mut resumed = AdamW::new(
+            &vs,
+            AdamWConfig {
+                lr: 0.1,
+                weight_decay: 0.5,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .with_impl(AdamWImpl::Fused);
+        resumed.load_state(&state).unwrap();
+        (&w2 * 0.7).sum(Kind::Float).backward();
+        resumed.step(0.1).unwrap();
+        let got = Vec::<f32>::try_from(&w2).unwrap();
+        // fc.weight is the second parameter by name (bias < weight).
+        for (x, y) in got.iter().zip(&a[1]) {
+            assert_relative_eq!(*x, *y, epsilon = 1e-6);
+        }
+    }
+
+    #[test]
+    fn impl_names_parse() {
+        for (s, imp) in [
+            ("auto", AdamWImpl::Auto),
+            ("per-param", AdamWImpl::PerParam),
+            ("flat", AdamWImpl::Flat),
+            ("fused", AdamWImpl::Fused),
+        ] {
+            assert_eq!(s.parse::<AdamWImpl>().unwrap(), imp);
+        }
+        let e = "fast".parse::<AdamWImpl>().unwrap_err().to_string();
+        assert!(e.contains("auto, per-param, flat or fused"), "{e}");
     }
 
     #[test]

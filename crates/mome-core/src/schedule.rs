@@ -8,9 +8,9 @@
 //! past `total_steps` keep the final value.
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
-use crate::{Error, Result};
+use crate::{fused, Error, Result};
 
 /// The decay after warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -99,57 +99,81 @@ impl LrSchedule {
     }
 }
 
+/// The gradients of the trainable `params` that exist, grouped by device in order
+/// of first appearance.
+fn grads_by_device(params: &[Tensor]) -> Vec<Vec<Tensor>> {
+    let mut groups: Vec<(Device, Vec<Tensor>)> = Vec::new();
+    for p in params.iter().filter(|p| p.requires_grad()) {
+        let g = p.grad();
+        if !g.defined() {
+            continue;
+        }
+        let dev = g.device();
+        match groups.iter_mut().find(|(d, _)| *d == dev) {
+            Some((_, v)) => v.push(g),
+            None => groups.push((dev, vec![g])),
+        }
+    }
+    groups.into_iter().map(|(_, v)| v).collect()
+}
+
 /// The total L2 norm of the gradients of `params` as a 0-d fp32 tensor on their
 /// device (squares accumulated in fp32), without a host sync. `None` when no
 /// parameter has a gradient. Frozen parameters (`requires_grad() == false`, e.g. the
 /// inactive experts of a MoE step) are skipped: their gradients hold no new values.
+///
+/// One multi-tensor kernel per device (libtorch's `_foreach_norm`, as
+/// `torch.nn.utils.clip_grad_norm_`), not a reduction per parameter.
 pub fn grad_norm_tensor(params: &[Tensor]) -> Result<Option<Tensor>> {
     let _guard = tch::no_grad_guard();
-    let mut sq = Vec::new();
-    for p in params {
-        if !p.requires_grad() {
-            continue;
-        }
-        let g = p.grad();
-        if g.defined() {
-            sq.push(g.f_to_kind(Kind::Float)?.f_square()?.f_sum(Kind::Float)?);
-        }
-    }
-    if sq.is_empty() {
+    let groups = grads_by_device(params);
+    let Some(first) = groups.first() else {
         return Ok(None);
-    }
+    };
     // Parameters on several devices: the norm lives on the first one's.
-    let dev = sq[0].device();
-    let sq = sq
-        .into_iter()
-        .map(|t| {
-            if t.device() == dev {
-                Ok(t)
-            } else {
-                t.f_to_device(dev)
-            }
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(Some(Tensor::f_stack(&sq, 0)?.f_sum(Kind::Float)?.f_sqrt()?))
+    let dev = first[0].device();
+    let mut sq: Option<Tensor> = None;
+    for grads in &groups {
+        let mut part = fused::foreach_sq_norm(grads)?;
+        if part.device() != dev {
+            part = part.f_to_device(dev)?;
+        }
+        sq = Some(match sq {
+            None => part,
+            Some(s) => s.f_add(&part)?,
+        });
+    }
+    Ok(Some(sq.expect("at least one group").f_sqrt()?))
 }
 
 /// Scales the gradients of `params` in place by `min(1, max_norm / (norm + 1e-6))`,
-/// with `norm` a device tensor from [`grad_norm_tensor`]; no host sync.
+/// with `norm` a device tensor from [`grad_norm_tensor`]; no host sync. One
+/// multi-tensor kernel per device and gradient dtype (`_foreach_mul_`).
 pub fn clip_grads_with_norm(params: &[Tensor], norm: &Tensor, max_norm: f64) -> Result<()> {
     let _guard = tch::no_grad_guard();
+    const KINDS: [Kind; 4] = [Kind::Float, Kind::BFloat16, Kind::Half, Kind::Double];
+    let groups = grads_by_device(params);
+    if let Some(g) = groups.iter().flatten().find(|g| !KINDS.contains(&g.kind())) {
+        return Err(Error::Config(format!(
+            "cannot clip a gradient of dtype {:?}",
+            g.kind()
+        )));
+    }
     let coef = (norm.f_add_scalar(1e-6)?.f_reciprocal()? * max_norm).f_clamp_max(1.0)?;
-    for p in params.iter().filter(|p| p.requires_grad()) {
-        let mut g = p.grad();
-        if g.defined() {
-            let mut c = if g.kind() == Kind::Float {
-                coef.shallow_clone()
-            } else {
-                coef.f_to_kind(g.kind())?
-            };
-            if c.device() != g.device() {
-                c = c.f_to_device(g.device())?;
-            }
-            let _ = g.f_mul_(&c)?;
+    for grads in groups {
+        let dev = grads[0].device();
+        let c = if coef.device() == dev {
+            coef.shallow_clone()
+        } else {
+            coef.f_to_device(dev)?
+        };
+        for kind in KINDS {
+            let same: Vec<Tensor> = grads
+                .iter()
+                .filter(|g| g.kind() == kind)
+                .map(|g| g.shallow_clone())
+                .collect();
+            fused::foreach_mul_(&same, &c)?;
         }
     }
     Ok(())
