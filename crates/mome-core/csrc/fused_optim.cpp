@@ -31,6 +31,23 @@ void write_err(char *err, size_t err_len, const char *msg) {
   }
 }
 
+// Runs `f`; a C++ exception becomes a message in `err` (libtorch's without its C++
+// backtrace) and `false`: nothing may unwind into Rust.
+template <typename F>
+bool guarded(char *err, size_t err_len, F &&f) {
+  try {
+    f();
+    return true;
+  } catch (const c10::Error &e) {
+    write_err(err, err_len, e.what_without_backtrace());
+  } catch (const std::exception &e) {
+    write_err(err, err_len, e.what());
+  } catch (...) {
+    write_err(err, err_len, "unknown C++ exception");
+  }
+  return false;
+}
+
 }  // namespace
 
 extern "C" {
@@ -43,7 +60,7 @@ int mome_fused_adamw(const at::Tensor *const *params, const at::Tensor *const *g
                      const at::Tensor *const *exp_avgs, const at::Tensor *const *exp_avg_sqs,
                      size_t n, const at::Tensor *step, double lr, double beta1, double beta2,
                      double weight_decay, double eps, char *err, size_t err_len) {
-  try {
+  bool ok = guarded(err, err_len, [&] {
     auto p = list(params, n);
     auto g = list(grads, n);
     auto m = list(exp_avgs, n);
@@ -51,15 +68,8 @@ int mome_fused_adamw(const at::Tensor *const *params, const at::Tensor *const *g
     std::vector<at::Tensor> steps(n, *step);
     at::_fused_adamw_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps,
                       /*amsgrad=*/false, /*maximize=*/false);
-    return 0;
-  } catch (const c10::Error &e) {
-    write_err(err, err_len, e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    write_err(err, err_len, e.what());
-  } catch (...) {
-    write_err(err, err_len, "unknown C++ exception");
-  }
-  return -1;
+  });
+  return ok ? 0 : -1;
 }
 
 // The sum of the squared L2 norms of `n` tensors of one device, as a new 0-d fp32
@@ -67,36 +77,24 @@ int mome_fused_adamw(const at::Tensor *const *params, const at::Tensor *const *g
 // the squares of the per-tensor norms.
 at::Tensor *mome_foreach_sq_norm(const at::Tensor *const *tensors, size_t n, char *err,
                                  size_t err_len) {
-  try {
+  at::Tensor *out = nullptr;
+  guarded(err, err_len, [&] {
     auto norms = at::_foreach_norm(list(tensors, n), 2, at::kFloat);
     auto s = at::stack(norms);
-    return new at::Tensor(at::dot(s, s));
-  } catch (const c10::Error &e) {
-    write_err(err, err_len, e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    write_err(err, err_len, e.what());
-  } catch (...) {
-    write_err(err, err_len, "unknown C++ exception");
-  }
-  return nullptr;
+    out = new at::Tensor(at::dot(s, s));
+  });
+  return out;
 }
 
 // Multiplies `n` tensors of one device in place by the 0-d tensor `scalar` (on that
 // device or the CPU): `at::_foreach_mul_`.
 int mome_foreach_mul_(const at::Tensor *const *tensors, size_t n, const at::Tensor *scalar,
                       char *err, size_t err_len) {
-  try {
+  bool ok = guarded(err, err_len, [&] {
     auto ts = list(tensors, n);
     at::_foreach_mul_(ts, *scalar);
-    return 0;
-  } catch (const c10::Error &e) {
-    write_err(err, err_len, e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    write_err(err, err_len, e.what());
-  } catch (...) {
-    write_err(err, err_len, "unknown C++ exception");
-  }
-  return -1;
+  });
+  return ok ? 0 : -1;
 }
 
 }  // extern "C"

@@ -751,6 +751,22 @@ mod tests {
         )
     }
 
+    /// A copy of the optimizer's state, as a checkpoint holds it.
+    fn saved_state(opt: &AdamW) -> Vec<(String, Tensor)> {
+        opt.state_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect()
+    }
+
+    /// A fresh store with `two_steps`'s parameters (zeros); returns `fc.weight`.
+    fn fc_store() -> (nn::VarStore, Tensor) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = (vs.root() / "fc").var("weight", &[3], nn::Init::Const(0.0));
+        let _ = (vs.root() / "fc").var("bias", &[3], nn::Init::Const(0.0));
+        (vs, w)
+    }
+
     #[test]
     fn matches_hand_computed_two_steps() {
         let (w, b, opt) = two_steps(AdamWImpl::PerParam);
@@ -994,14 +1010,8 @@ mod tests {
         for (x, y) in a.iter().flatten().zip(f.iter().flatten()) {
             assert_relative_eq!(*x, *y, epsilon = 1e-6);
         }
-        let state: Vec<(String, Tensor)> = opt
-            .state_tensors()
-            .into_iter()
-            .map(|(n, t)| (n, t.copy()))
-            .collect();
-        let vs = nn::VarStore::new(Device::Cpu);
-        let w2 = (vs.root() / "fc").var("weight", &[3], nn::Init::Const(0.0));
-        let _ = (vs.root() / "fc").var("bias", &[3], nn::Init::Const(0.0));
+        let state = saved_state(&opt);
+        let (vs, w2) = fc_store();
         tch::no_grad(|| w2.shallow_clone().copy_(&Tensor::from_slice(&w)));
         let mut resumed = AdamW::new(
             &vs,
@@ -1040,14 +1050,8 @@ mod tests {
     #[test]
     fn state_round_trip_and_mismatch_errors() {
         let (_, _, opt) = two_steps(AdamWImpl::PerParam);
-        let state: Vec<(String, Tensor)> = opt
-            .state_tensors()
-            .into_iter()
-            .map(|(n, t)| (n, t.copy()))
-            .collect();
-        let vs = nn::VarStore::new(Device::Cpu);
-        let _ = (vs.root() / "fc").var("weight", &[3], nn::Init::Const(0.0));
-        let _ = (vs.root() / "fc").var("bias", &[3], nn::Init::Const(0.0));
+        let state = saved_state(&opt);
+        let (vs, _) = fc_store();
         let mut fresh = AdamW::new(&vs, AdamWConfig::default()).unwrap();
         fresh.load_state(&state).unwrap();
         assert_eq!(fresh.step_count(), 2);
