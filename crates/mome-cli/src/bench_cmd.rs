@@ -221,7 +221,7 @@ pub struct BenchTrainArgs {
     /// Peak FLOP/s used for MFU (default: H100 dense bf16, 989.4e12).
     #[arg(long, default_value_t = H100_BF16_DENSE_PEAK)]
     peak_flops: f64,
-    /// AdamW implementation: auto (fused on CUDA, per-param on the CPU), fused
+    /// AdamW implementation: auto (fused on the CPU, flat on CUDA), fused
     /// (libtorch's `_fused_adamw_`), flat or per-param (see mome_core::optim).
     #[arg(long, default_value = "auto")]
     adamw: AdamWImpl,
@@ -898,8 +898,8 @@ fn print_report(report: &BenchReport, json: bool) -> Result<()> {
 /// ([`Setting::routed`], with the common expert for MoE-CE); the loss goes through
 /// [`MoeLoss::loss`], is divided by `grad_accum` and back-propagated. Per optimizer
 /// step, as mome-core's `Trainer::run`: the gradient norm over every optimizer
-/// parameter, clipping (`clip_grad_norm`), the AdamW step (`--adamw`; by default
-/// libtorch's fused kernel over the trainable parameters) and zeroing. Not included: the trainer's per-step reseeding and its non-finite
+/// parameter, clipping (`clip_grad_norm`), the AdamW step (`--adamw`, as
+/// `[train] adamw`) and zeroing. Not included: the trainer's per-step reseeding and its non-finite
 /// watch (a few scalar kernels), and the host-to-device copy of the batch (the
 /// tokens are made on the device, as in the other modes).
 fn run_moe_bench(

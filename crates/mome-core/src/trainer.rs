@@ -53,7 +53,7 @@ use crate::dist::{
     OVERLAP_BUCKET_ELEMENTS,
 };
 use crate::metrics::{MetricsWriter, TrainRecord};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig, AdamWImpl};
 use crate::progress::{Progress, ProgressMode};
 use crate::schedule::{clip_grads_with_norm, grad_norm_tensor, LrSchedule, ScheduleKind};
 use crate::tensor_io::{load_into, named_tensors};
@@ -154,6 +154,11 @@ pub struct TrainConfig {
     /// up to the summation order of the gradient norm. Default `false`.
     #[serde(default)]
     pub shard_update: bool,
+    /// The AdamW implementation ([`AdamWImpl`]): `auto` (the default: `fused` on the
+    /// CPU, `flat` on CUDA), `fused` (libtorch's `_fused_adamw_`), `flat` or
+    /// `per-param`. The same update to float rounding.
+    #[serde(default)]
+    pub adamw: AdamWImpl,
 }
 
 fn default_true() -> bool {
@@ -205,6 +210,7 @@ impl TrainConfig {
             grad_reduce: GradReduce::Fp32,
             grad_overlap: true,
             shard_update: false,
+            adamw: AdamWImpl::Auto,
         }
     }
 
@@ -520,7 +526,7 @@ impl Trainer {
                 )));
             }
         }
-        let mut opt = AdamW::new(vs, cfg.optimizer)?;
+        let mut opt = AdamW::new(vs, cfg.optimizer)?.with_impl(cfg.adamw);
         let (mut step, mut tokens_seen, mut elapsed_before_s, mut data_state) = (0, 0, 0.0, None);
         let resumed_from = if let (true, Some(path)) = (resume, latest) {
             let ck = CheckpointManager::load(&path, device)?;

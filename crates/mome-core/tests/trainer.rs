@@ -195,6 +195,47 @@ fn training_lowers_the_loss() {
         .is_file());
 }
 
+/// `[train] adamw` picks the implementation: on the CPU `auto` is `fused` (bit for
+/// bit), and `per-param` follows the same curve to float rounding. The key parses
+/// from its kebab-case names and rejects others.
+#[test]
+fn adamw_choice_is_used_and_the_curves_agree() {
+    use mome_core::optim::AdamWImpl;
+    let _g = lock();
+    let run = |imp: AdamWImpl| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(20);
+        c.adamw = imp;
+        train(c, dir.path(), false, &mut Arith::new(), 1).unwrap();
+        losses(dir.path())
+    };
+    let (auto, fused, per_param) = (
+        run(AdamWImpl::Auto),
+        run(AdamWImpl::Fused),
+        run(AdamWImpl::PerParam),
+    );
+    assert_eq!(auto, fused);
+    assert_eq!(fused.len(), 20);
+    // The choice reaches the optimizer: the two kernels round differently.
+    assert_ne!(fused, per_param);
+    for ((s, a), (_, b)) in fused.iter().zip(&per_param) {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs(),
+            "step {s}: fused {a} vs per-param {b}"
+        );
+    }
+    let mut v = serde_json::to_value(cfg(20)).unwrap();
+    assert_eq!(v["adamw"], "auto");
+    v["adamw"] = "per-param".into();
+    let c: TrainConfig = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(c.adamw, AdamWImpl::PerParam);
+    v["adamw"] = "fast".into();
+    let e = serde_json::from_value::<TrainConfig>(v)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fast") && e.contains("fused"), "{e}");
+}
+
 #[test]
 fn same_seed_gives_bit_identical_losses() {
     let _g = lock();
