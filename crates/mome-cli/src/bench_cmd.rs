@@ -899,9 +899,9 @@ fn print_report(report: &BenchReport, json: bool) -> Result<()> {
 /// [`MoeLoss::loss`], is divided by `grad_accum` and back-propagated. Per optimizer
 /// step, as mome-core's `Trainer::run`: the gradient norm over every optimizer
 /// parameter, clipping (`clip_grad_norm`), the AdamW step (`--adamw`, as
-/// `[train] adamw`) and zeroing. Not included: the trainer's per-step reseeding and its non-finite
-/// watch (a few scalar kernels), and the host-to-device copy of the batch (the
-/// tokens are made on the device, as in the other modes).
+/// `[train] adamw`) and zeroing. Not included: the trainer's per-step reseeding and
+/// its non-finite watch (a few scalar kernels), and the host-to-device copy of the
+/// batch (the tokens are made on the device, as in the other modes).
 fn run_moe_bench(
     a: &BenchTrainArgs,
     file: &TrainFile,

@@ -313,22 +313,18 @@ impl AdamW {
     /// The implementation that runs ([`AdamWImpl::Auto`] resolved for the device of
     /// the first parameter).
     pub fn effective_impl(&self) -> AdamWImpl {
-        match (self.imp, self.params.first()) {
-            (AdamWImpl::Auto, Some(p)) => Self::auto_impl(&p.tensor),
-            (AdamWImpl::Auto, None) => AdamWImpl::Fused,
-            (other, _) => other,
-        }
+        self.impl_on(self.device)
     }
 
-    /// What [`AdamWImpl::Auto`] runs for parameters on `t`'s device: Fused on the
-    /// CPU (measured 10.8× faster than PerParam), Flat on CUDA, the implementation
-    /// measured there so far (the fused kernel's CUDA figures are pending: see
-    /// docs/performance.md).
-    fn auto_impl(t: &Tensor) -> AdamWImpl {
-        if t.device().is_cuda() {
-            AdamWImpl::Flat
-        } else {
-            AdamWImpl::Fused
+    /// The implementation that runs for parameters on `device`. [`AdamWImpl::Auto`]
+    /// is Fused on the CPU (measured 10.8× faster than PerParam) and Flat on CUDA,
+    /// the implementation measured there so far (the fused kernel's CUDA figures are
+    /// pending: see docs/performance.md).
+    fn impl_on(&self, device: Device) -> AdamWImpl {
+        match self.imp {
+            AdamWImpl::Auto if device.is_cuda() => AdamWImpl::Flat,
+            AdamWImpl::Auto => AdamWImpl::Fused,
+            other => other,
         }
     }
 
@@ -433,10 +429,7 @@ impl AdamW {
         let wd = self.cfg.weight_decay;
         let _guard = tch::no_grad_guard();
         for g in &self.groups {
-            let imp = match self.imp {
-                AdamWImpl::Auto => Self::auto_impl(&self.params[g.members[0]].tensor),
-                other => other,
-            };
+            let imp = self.impl_on(g.exp_avg.device());
             let decay = if g.decay { wd } else { 0.0 };
             let grads: Vec<Option<Tensor>> = g
                 .members

@@ -127,23 +127,16 @@ fn grads_by_device(params: &[Tensor]) -> Vec<Vec<Tensor>> {
 pub fn grad_norm_tensor(params: &[Tensor]) -> Result<Option<Tensor>> {
     let _guard = tch::no_grad_guard();
     let groups = grads_by_device(params);
-    let Some(first) = groups.first() else {
+    let mut parts = groups.iter().map(|grads| fused::foreach_sq_norm(grads));
+    let Some(first) = parts.next() else {
         return Ok(None);
     };
     // Parameters on several devices: the norm lives on the first one's.
-    let dev = first[0].device();
-    let mut sq: Option<Tensor> = None;
-    for grads in &groups {
-        let mut part = fused::foreach_sq_norm(grads)?;
-        if part.device() != dev {
-            part = part.f_to_device(dev)?;
-        }
-        sq = Some(match sq {
-            None => part,
-            Some(s) => s.f_add(&part)?,
-        });
+    let mut sq = first?;
+    for part in parts {
+        sq = sq.f_add(&part?.f_to_device(sq.device())?)?;
     }
-    Ok(Some(sq.expect("at least one group").f_sqrt()?))
+    Ok(Some(sq.f_sqrt()?))
 }
 
 /// Scales the gradients of `params` in place by `min(1, max_norm / (norm + 1e-6))`,
@@ -161,12 +154,7 @@ pub fn clip_grads_with_norm(params: &[Tensor], norm: &Tensor, max_norm: f64) -> 
     }
     let coef = (norm.f_add_scalar(1e-6)?.f_reciprocal()? * max_norm).f_clamp_max(1.0)?;
     for grads in groups {
-        let dev = grads[0].device();
-        let c = if coef.device() == dev {
-            coef.shallow_clone()
-        } else {
-            coef.f_to_device(dev)?
-        };
+        let c = coef.f_to_device(grads[0].device())?;
         for kind in KINDS {
             let same: Vec<Tensor> = grads
                 .iter()
