@@ -45,9 +45,10 @@ for (cfg, mode), impls in by_cfg.items():
     for name, r in impls.items():
         p = r.get("profile")
         if p:
+            cast = p.get("weight_cast_probe_ms")
             print(f"\n{cfg} [{mode}] {name}: {p['steps']} synchronised steps, {p['step_ms']:.1f} ms/step "
-                  f"(unsynchronised {r['step_seconds']*1e3:.1f}); weight casts once: "
-                  f"{p['weight_cast_probe_ms']:.2f} ms")
+                  f"(unsynchronised {r['step_seconds']*1e3:.1f})"
+                  + (f"; weight casts once: {cast:.2f} ms" if cast is not None else ""))
             print("| phase | ms | % |")
             print("| --- | ---: | ---: |")
             for ph in p["phases"]:

@@ -216,8 +216,9 @@ def main():
     accum = train.get("grad_accum", 1)
     clip = train.get("clip_grad_norm")
     batches = [torch.randint(0, V, (b, n_pos), device=dev) for _ in range(accum)]
-    T = float(bench.get("temperature", 2.0))
-    strat = bench.get("strategy", {"kind": "fixed", "alpha": 0.5})
+    distill = cfg.get("distill", {})  # the KD settings, as `mome distill`'s [distill]
+    T = float(distill.get("temperature", 2.0))
+    strat = distill.get("strategy", {"kind": "fixed", "alpha": 0.5})
     alpha = float(strat.get("alpha", 0.5))
     if moe:
         # only what runs forward + backward: A active stacks (1 JEET, 2 MoE-CE) + the head

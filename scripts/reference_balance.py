@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Re-implementation of the method's Python balancing tool (method.md §1).
 
-This is the *reference* that `mome data bench` times mome's balancing against.
+This is the *reference* that the `data-bench` binary (`examples/data-bench`) times
+mome's balancing against.
 It does what the research tool's "balanced dataset creation tool" does:
 
 * count each domain's total tokens with tiktoken's GPT-2 encoding (as the

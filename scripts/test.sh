@@ -16,6 +16,8 @@ echo "[test] cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "[test] cargo clippy --workspace --all-targets -- -D warnings" >&2
 cargo clippy --workspace --all-targets -- -D warnings
+echo "[test] cargo package (every library crate)" >&2
+bash scripts/package-check.sh
 echo "[test] cargo test --workspace" >&2
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

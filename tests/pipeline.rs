@@ -9,18 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 mod common;
 use common::{mome, repo};
 
-const STAGES: [&str; 10] = [
-    "balance",
-    "tokenizer",
-    "encode",
-    "teacher",
-    "students",
-    "router",
-    "moe",
-    "grid",
-    "forgetting",
-    "report",
-];
+use mome_pipeline::stages::STAGES;
 
 /// The first `n` records of each demo domain.
 fn slice_demo(dir: &Path, n: usize) {
@@ -313,13 +302,8 @@ fn full_run_resume_only_from_and_kill() {
     };
     let t0 = Instant::now();
     loop {
-        let log = out.join("teacher/log.txt");
-        if log.exists()
-            && !out.join("teacher/stage.json").exists()
-            && std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("$ ")
-        {
+        // The stage writes its job's config, then trains (in the pipeline's process).
+        if out.join("teacher/train.toml").exists() && !out.join("teacher/stage.json").exists() {
             break;
         }
         assert!(
@@ -328,7 +312,8 @@ fn full_run_resume_only_from_and_kill() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Like Ctrl-C on a terminal: the whole process group (pipeline and its child).
+    // Like Ctrl-C on a terminal: the whole process group (the pipeline runs every
+    // stage in its own process).
     let pgid = format!("-{}", child.id());
     let st = Command::new("kill")
         .args(["-KILL", "--", &pgid])

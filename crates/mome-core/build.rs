@@ -1,11 +1,10 @@
-//! Build script: libtorch rpath and CUDA linking (shared with other crates), and the
-//! C++ shim: the gradient hooks of the data-parallel all-reduce
-//! (`csrc/grad_hooks.cpp`) and libtorch's multi-tensor optimizer kernels
-//! (`csrc/fused_optim.cpp`).
-include!("../build-support/libtorch_link.rs");
+//! Build script: libtorch rpath and CUDA linking (shared with other crates through
+//! the `mome-build-support` crate), and the C++ shim: the gradient hooks of the
+//! data-parallel all-reduce (`csrc/grad_hooks.cpp`) and libtorch's multi-tensor
+//! optimizer kernels (`csrc/fused_optim.cpp`).
 
 fn main() {
-    libtorch_link();
+    mome_build_support::link_libtorch();
     cxx_shim();
 }
 

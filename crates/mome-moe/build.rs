@@ -1,7 +1,6 @@
-//! Build script: lets binaries and tests of this crate find libtorch and CUDA.
-
-include!("../build-support/libtorch_link.rs");
+//! Build script: lets binaries and tests of this crate find libtorch and CUDA
+//! (rpath, `libtorch_cuda.so` kept linked; see the `mome-build-support` crate).
 
 fn main() {
-    libtorch_link();
+    mome_build_support::link_libtorch();
 }

@@ -1,7 +1,6 @@
-//! Build script: lets the binary find libtorch (rpath) and CUDA.
-
-include!("../../crates/build-support/libtorch_link.rs");
+//! Build script: lets the binary find libtorch (rpath) and CUDA (see the
+//! `mome-build-support` crate).
 
 fn main() {
-    libtorch_link();
+    mome_build_support::link_libtorch();
 }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use mome_data::balance::{self, BalanceConfig, DomainSpec, Strategy};
-use mome_data::bench::{self, BenchConfig};
 use mome_data::corpus::{CorpusSpec, Utf8Policy};
 use mome_data::encode::{self, EncodeOptions};
 use mome_data::shards::ShardSet;
@@ -13,6 +12,12 @@ use mome_data::tokenizer::{load_tokenizer, train_tokenizer_from_dir, TokenizerTr
 
 /// `mome data …`
 #[derive(Debug, Subcommand)]
+#[command(
+    after_help = "The balancing benchmark against the method's Python tool (formerly \
+                  `mome data bench`) is a separate program: from the repository root, \
+                  `cargo run --release -p data-bench -- --domain NAME=PATH … --tokenizer T` \
+                  (same flags; docs/data.md)."
+)]
 pub enum DataCommand {
     /// Balance domains by token count (method §1) and write `DIR/{train,validation}/<domain>.jsonl`.
     Balance(BalanceArgs),
@@ -20,8 +25,6 @@ pub enum DataCommand {
     Encode(EncodeArgs),
     /// Print a shard folder's manifest figures.
     Stats(StatsArgs),
-    /// Time mome's balancing against the method's Python tool on the same corpus.
-    Bench(BenchArgs),
 }
 
 /// `mome tokenizer …`
@@ -103,41 +106,6 @@ pub struct StatsArgs {
     json: bool,
 }
 
-/// Arguments of `mome data bench`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// A domain as NAME=PATH (a JSONL file); repeat for every domain.
-    #[arg(long = "domain", value_name = "NAME=PATH", required = true)]
-    domains: Vec<String>,
-    /// tokenizer.json used by mome's balancing.
-    #[arg(long)]
-    tokenizer: PathBuf,
-    /// Runs of each side (the fastest is reported, all are listed).
-    #[arg(long, default_value_t = 3)]
-    repeat: usize,
-    /// Python 3 that creates the reference's venv.
-    #[arg(long, default_value = "python3")]
-    python: String,
-    /// Venv folder (default `$MOME_CACHE/bench-venv` or `~/.cache/mome/bench-venv`).
-    #[arg(long)]
-    venv: Option<PathBuf>,
-    /// Allowed spread between the domains' token totals, in percent.
-    #[arg(long, default_value_t = 5.0)]
-    max_diff_percent: f64,
-    /// Text field of the JSONL records.
-    #[arg(long, default_value = "text")]
-    text_field: String,
-    /// Id field of the JSONL records.
-    #[arg(long)]
-    id_field: Option<String>,
-    /// Align the domains by id (the method's `--common_articles`).
-    #[arg(long)]
-    common_articles: bool,
-    /// Print the report as JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
 /// Arguments of `mome tokenizer train`.
 #[derive(Debug, Args)]
 pub struct TokenizerTrainArgs {
@@ -196,77 +164,7 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
             );
             Ok(())
         }
-        DataCommand::Bench(a) => bench_cmd(a),
     }
-}
-
-fn mib(b: Option<u64>) -> String {
-    b.map_or_else(
-        || "n/a".to_string(),
-        |b| format!("{:.1} MiB", b as f64 / 1048576.0),
-    )
-}
-
-fn bench_cmd(a: BenchArgs) -> Result<()> {
-    let mut domains: Vec<(String, Vec<PathBuf>)> = Vec::new();
-    for d in &a.domains {
-        let (name, path) = split_kv(d)?;
-        match domains.iter_mut().find(|(n, _)| *n == name) {
-            Some(entry) => entry.1.push(path),
-            None => domains.push((name, vec![path])),
-        }
-    }
-    let cfg = BenchConfig {
-        domains,
-        tokenizer_path: a.tokenizer.clone(),
-        max_diff_percent: a.max_diff_percent,
-        text_field: a.text_field,
-        id_field: a.id_field,
-        common_articles: a.common_articles,
-        repeat: a.repeat,
-        python: a.python,
-        venv_dir: a.venv,
-    };
-    let (tok, _) = load_tokenizer(&a.tokenizer)?;
-    let r = bench::run_bench(&cfg, &tok)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(());
-    }
-    println!(
-        "corpus: {:.2} MB, {} records; {} CPUs; reference: {}",
-        r.input_bytes as f64 / 1e6,
-        r.ours.records,
-        r.cpus,
-        r.reference_env
-    );
-    println!(
-        "{:<10} {:>14} {:>12} {:>10} {:>9} {:>12}",
-        "side", "tokens", "tokens/s", "seconds", "MB/s", "peak RSS"
-    );
-    for (name, s) in [("ours", &r.ours), ("reference", &r.reference)] {
-        println!(
-            "{:<10} {:>14} {:>12.0} {:>10.3} {:>9.2} {:>12}",
-            name,
-            s.tokens_counted,
-            s.tokens_per_second,
-            s.seconds,
-            s.mb_per_second,
-            mib(s.peak_rss_bytes)
-        );
-    }
-    println!(
-        "tokens/s ours/reference: {:.2}x; wall speed-up (same bytes): {:.2}x",
-        r.ratio_tokens_per_second, r.speedup_wall
-    );
-    println!(
-        "ours: RSS before the runs {}, peak during them {}",
-        mib(r.ours.rss_before_bytes),
-        mib(r.ours.peak_rss_bytes)
-    );
-    println!("ours counts with: {}", r.ours.counter);
-    println!("reference counts with: {}", r.reference.counter);
-    Ok(())
 }
 
 fn balance_cmd(a: BalanceArgs) -> Result<()> {

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use mome_core::DeviceSpec;
 use mome_data::tokenizer::load_tokenizer;
-use mome_experts::eval::{evaluate, open_shards_for};
+use mome_experts::eval::evaluate_dir;
 use mome_experts::{generate, GenerationConfig, Gpt2LmHeadModel};
 use mome_moe::{
     check_router_classes, generate_routed, load_router, LabelRouter, MoeModel, SequenceRouter,
@@ -42,11 +42,15 @@ pub struct EvalArgs {
 
 /// Runs `mome eval`.
 pub fn run_eval(a: EvalArgs) -> Result<()> {
-    let device = a.device.resolve()?;
-    let (_vs, model) = Gpt2LmHeadModel::from_pretrained(&a.model, device)
-        .with_context(|| format!("loading model {}", a.model.display()))?;
-    let shards = open_shards_for(&model, &a.shards)?;
-    let report = evaluate(&model, &shards, &a.split, a.max_sequences, a.batch_size)?;
+    let report = evaluate_dir(
+        &a.model,
+        &a.shards,
+        &a.split,
+        a.max_sequences,
+        a.batch_size,
+        a.device.resolve()?,
+    )
+    .with_context(|| format!("evaluating {}", a.model.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

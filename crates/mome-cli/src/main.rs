@@ -5,11 +5,10 @@
 mod bench_cmd;
 mod data_cmd;
 mod distill_cmd;
-mod forgetting_cmd;
 mod launch_cmd;
 mod lm_cmd;
 mod moe_cmd;
-mod pipeline;
+mod pipeline_cmd;
 mod router_cmd;
 mod train_cmd;
 
@@ -58,7 +57,7 @@ enum Command {
     #[command(subcommand)]
     Moe(moe_cmd::MoeCommand),
     /// Every stage of the method in order, resumable: balance → … → report.md.
-    Pipeline(pipeline::PipelineArgs),
+    Pipeline(pipeline_cmd::PipelineArgs),
     /// Several processes over the GPUs: data parallel ranks, or independent jobs.
     Launch(launch_cmd::LaunchArgs),
     /// Stand-in rank for the launcher's tests.
@@ -90,7 +89,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Moe(c) => moe_cmd::run_moe(c),
-        Command::Pipeline(a) => pipeline::run_pipeline(a),
+        Command::Pipeline(a) => pipeline_cmd::run(a),
         Command::Launch(a) => launch_cmd::run_launch(a),
         Command::DistSelftest(a) => launch_cmd::run_selftest(a),
         Command::Data(c) => data_cmd::run_data(c),
@@ -98,7 +97,7 @@ fn main() {
         Command::Train(a) => train_cmd::run_train(a),
         Command::Eval(a) => lm_cmd::run_eval(a),
         Command::Generate(a) => lm_cmd::run_generate(a),
-        Command::Bench(c) => bench_cmd::run_bench(c),
+        Command::Bench(c) => bench_cmd::run_bench_cmd(c),
         Command::Distill(a) => distill_cmd::run_distill_cmd(a),
         Command::TeacherCache(c) => distill_cmd::run_teacher_cache(c),
         Command::Experiment(c) => distill_cmd::run_experiment(c),

@@ -38,10 +38,17 @@ pub mod checkpoint;
 pub mod data;
 pub mod dist;
 mod fused;
+pub mod job;
 pub mod metrics;
 pub mod optim;
+pub mod profile;
 pub mod progress;
 pub mod schedule;
 pub mod trainer;
 
-pub use trainer::{BatchSource, GradReduce, TrainConfig, TrainSummary, Trainer};
+pub use mome_data::params::ParamGuard;
+pub use profile::Profiler;
+pub use trainer::{
+    Batch, BatchSource, BenchOptions, BenchTiming, GradReduce, Objective, RunContext, StepInfo,
+    TrainConfig, TrainSummary, Trainer,
+};

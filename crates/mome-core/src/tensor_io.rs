@@ -198,6 +198,33 @@ pub fn read_safetensors(path: &Path, device: Device) -> Result<Vec<(String, Tens
     Ok(out)
 }
 
+/// The number of parameters (elements of every tensor) of a safetensors file, from
+/// its header as the `safetensors` crate validates it; the tensor data is mapped,
+/// not read.
+pub fn safetensors_param_count(path: &Path) -> Result<u64> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let map = map_file(&file, path)?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&map).map_err(|source| Error::Safetensors {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(meta
+        .tensors()
+        .values()
+        .map(|t| t.shape.iter().product::<usize>() as u64)
+        .sum())
+}
+
+/// Maps `file` read-only.
+#[allow(unsafe_code)]
+fn map_file(file: &std::fs::File, path: &Path) -> Result<memmap2::Mmap> {
+    // SAFETY: the map is read while this function's caller holds it; a file changed
+    // underneath by another process can only give wrong header values, which the
+    // safetensors crate validates.
+    unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(path, e))
+}
+
 /// All variables of a VarStore (trainable or not), sorted by name. The tensors are
 /// shallow clones: they share storage with the VarStore.
 pub fn named_tensors(vs: &nn::VarStore) -> Vec<(String, Tensor)> {

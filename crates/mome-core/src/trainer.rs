@@ -44,6 +44,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use mome_data::sampler::SeqRef;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -54,15 +55,83 @@ use crate::dist::{
 };
 use crate::metrics::{MetricsWriter, TrainRecord};
 use crate::optim::{AdamW, AdamWConfig, AdamWImpl};
+use crate::profile::{gpu_memory_mib, sync, ProfileReport, Profiler};
 use crate::progress::{Progress, ProgressMode};
 use crate::schedule::{clip_grads_with_norm, grad_norm_tensor, LrSchedule, ScheduleKind};
 use crate::tensor_io::{load_into, named_tensors};
 use crate::{Error, Precision, Result};
 
+/// One micro-batch of a [`BatchSource`].
+///
+/// Sources return it on the CPU; the trainer hands it to the [`Objective`] on the
+/// device, with this rank's rows only (data parallel).
+#[derive(Debug)]
+pub struct Batch {
+    /// `[B, T]` token ids, i64.
+    pub ids: Tensor,
+    /// The batch's sequences in row order, as indices into the source's
+    /// [`BatchSource::domains`] (empty when the source has no such notion).
+    pub items: Vec<SeqRef>,
+    /// The domain of a single-domain batch (`blocks` / `sequential` samplers).
+    pub domain: Option<usize>,
+    /// Per-row side tensors (first dimension `B`) attached by the source, e.g. a
+    /// teacher cache's rows read ahead by a [`crate::data::Prefetch`] hook.
+    pub aux: Vec<Tensor>,
+}
+
+impl Batch {
+    /// A batch of token ids alone.
+    pub fn ids(ids: Tensor) -> Self {
+        Self {
+            ids,
+            items: Vec::new(),
+            domain: None,
+            aux: Vec::new(),
+        }
+    }
+
+    /// Rows `start..start + len` of every part.
+    fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        let (s, l) = (start as i64, len as i64);
+        Ok(Self {
+            ids: self.ids.f_narrow(0, s, l)?,
+            items: self
+                .items
+                .get(start..start + len)
+                .map(<[SeqRef]>::to_vec)
+                .unwrap_or_default(),
+            domain: self.domain,
+            aux: self
+                .aux
+                .iter()
+                .map(|t| t.f_narrow(0, s, l))
+                .collect::<std::result::Result<_, _>>()?,
+        })
+    }
+
+    /// Every tensor on `device`. On CUDA the copies are queued non-blocking: from
+    /// pinned host memory ([`crate::data::Prefetch`]) they overlap the device's
+    /// work; from pageable memory CUDA makes them synchronous, as a blocking copy.
+    fn to_device(&self, device: Device) -> Result<Self> {
+        let move_ = |t: &Tensor| -> Result<Tensor> {
+            if t.device() == device {
+                return Ok(t.shallow_clone());
+            }
+            Ok(t.f_to_device_(device, t.f_kind()?, device.is_cuda(), false)?)
+        };
+        Ok(Self {
+            ids: move_(&self.ids)?,
+            items: self.items.clone(),
+            domain: self.domain,
+            aux: self.aux.iter().map(move_).collect::<Result<_>>()?,
+        })
+    }
+}
+
 /// A source of training batches whose position can be saved and restored.
 pub trait BatchSource {
-    /// The next micro-batch: `[B, T]` token ids, i64, on the CPU.
-    fn next_batch(&mut self) -> Result<Tensor>;
+    /// The next micro-batch (`[B, T]` token ids, i64, on the CPU).
+    fn next_batch(&mut self) -> Result<Batch>;
     /// The position, as JSON, such that [`BatchSource::restore`] continues from here.
     fn state(&self) -> serde_json::Value;
     /// Continues from a position returned by [`BatchSource::state`].
@@ -74,6 +143,120 @@ pub trait BatchSource {
     /// trainer reads whole batches and keeps its rows.
     fn read_rank_slice(&mut self, _rank: usize, _world: usize) -> Result<bool> {
         Ok(false)
+    }
+    /// The names [`Batch::items`] and [`Batch::domain`] index (default: none).
+    fn domains(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Where a micro-batch sits in the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepInfo {
+    /// The optimizer step being computed (1-based).
+    pub step: u64,
+    /// The micro-batch within the step (0-based).
+    pub micro: u64,
+    /// Micro-batches per step.
+    pub grad_accum: u64,
+}
+
+/// What an [`Objective`] learns before the first batch.
+#[derive(Debug, Clone, Copy)]
+pub struct RunContext<'a> {
+    /// The run folder (`None`: a benchmark, which writes nothing).
+    pub run_dir: Option<&'a Path>,
+    /// The step training starts from (0, or the resumed checkpoint's step).
+    pub start_step: u64,
+    /// Whether the run continues from a checkpoint.
+    pub resumed: bool,
+    /// The training settings.
+    pub train: &'a TrainConfig,
+    /// The process group of a data-parallel run (`None`: one process). Values of the
+    /// global batch are means over the ranks; rank 0 alone writes files.
+    pub group: Option<&'a GroupHandle>,
+    /// The source's domain names ([`BatchSource::domains`]).
+    pub domains: &'a [String],
+}
+
+impl RunContext<'_> {
+    /// Whether this process writes files (rank 0 of a run with a folder).
+    pub fn writes_files(&self) -> bool {
+        self.run_dir.is_some() && self.group.is_none_or(|g| g.rank() == 0)
+    }
+}
+
+/// The loss of the training step: what `mome train`, `mome distill`, `mome moe
+/// train` and `mome bench train` plug into the one [`Trainer`] step.
+///
+/// The error type is the caller's (its crate's error), so nothing converts it into
+/// mome-core's.
+pub trait Objective {
+    /// The caller's error type.
+    type Error: From<Error> + std::fmt::Display;
+    /// Called once after the trainer is set up (and a checkpoint restored), before
+    /// the first batch.
+    fn begin(&mut self, _ctx: &RunContext<'_>) -> std::result::Result<(), Self::Error> {
+        Ok(())
+    }
+    /// The scalar fp32 loss of one micro-batch (on the device, this rank's rows),
+    /// with the model in train mode. Phases may be marked on `prof`.
+    fn loss(
+        &mut self,
+        batch: &Batch,
+        at: StepInfo,
+        prof: &mut Profiler,
+    ) -> std::result::Result<Tensor, Self::Error>;
+    /// After the optimizer step `step`; `sync` is true at the steps where the trainer
+    /// itself reads the device (log, eval, checkpoint and last steps), where side
+    /// metrics are best flushed.
+    fn end_step(&mut self, _step: u64, _sync: bool) -> std::result::Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// An objective whose errors are converted into `E` (the caller's error type, e.g.
+/// to pair mome-experts' LM objective with an evaluation callback of another crate).
+#[derive(Debug)]
+pub struct MapErr<O, E> {
+    inner: O,
+    _error: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<O, E> MapErr<O, E> {
+    /// Wraps `inner`.
+    pub fn new(inner: O) -> Self {
+        Self {
+            inner,
+            _error: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<O: Objective, E: From<O::Error> + From<Error> + std::fmt::Display> Objective for MapErr<O, E> {
+    type Error = E;
+    fn begin(&mut self, ctx: &RunContext<'_>) -> std::result::Result<(), E> {
+        Ok(self.inner.begin(ctx)?)
+    }
+    fn loss(
+        &mut self,
+        batch: &Batch,
+        at: StepInfo,
+        prof: &mut Profiler,
+    ) -> std::result::Result<Tensor, E> {
+        Ok(self.inner.loss(batch, at, prof)?)
+    }
+    fn end_step(&mut self, step: u64, sync: bool) -> std::result::Result<(), E> {
+        Ok(self.inner.end_step(step, sync)?)
+    }
+}
+
+/// Any `FnMut(&Tensor) -> Result<Tensor>` (token ids on the device → loss) is an
+/// objective with mome-core's error type.
+impl<F: FnMut(&Tensor) -> Result<Tensor>> Objective for F {
+    type Error = Error;
+    fn loss(&mut self, batch: &Batch, _at: StepInfo, _prof: &mut Profiler) -> Result<Tensor> {
+        self(&batch.ids)
     }
 }
 
@@ -154,9 +337,9 @@ pub struct TrainConfig {
     /// up to the summation order of the gradient norm. Default `false`.
     #[serde(default)]
     pub shard_update: bool,
-    /// The AdamW implementation ([`AdamWImpl`]): `auto` (the default: `fused` on the
-    /// CPU, `flat` on CUDA), `fused` (libtorch's `_fused_adamw_`), `flat` or
-    /// `per-param`. The same update to float rounding.
+    /// The AdamW implementation ([`AdamWImpl`]): `auto` (the default: `fused`,
+    /// libtorch's `_fused_adamw_`, on every device), `fused`, `flat` or `per-param`.
+    /// The same update to float rounding.
     #[serde(default)]
     pub adamw: AdamWImpl,
 }
@@ -262,7 +445,7 @@ impl TrainConfig {
 }
 
 /// What [`Trainer::run`] did.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSummary {
     /// Step the run started from (0, or the resumed checkpoint's step).
     pub start_step: u64,
@@ -289,8 +472,10 @@ pub struct Trainer {
     named_params: Vec<(String, Tensor)>,
     opt: AdamW,
     device: Device,
-    ckpt: CheckpointManager,
+    /// `None`: a detached trainer ([`Trainer::detached`], benchmarks) writes nothing.
+    ckpt: Option<CheckpointManager>,
     metrics: Option<MetricsWriter>,
+    run_dir: Option<PathBuf>,
     dist: Option<GroupHandle>,
     buckets: GradBuckets,
     overlap: Option<OverlapReducer>,
@@ -435,7 +620,7 @@ impl Trainer {
         dist: Option<GroupHandle>,
     ) -> Result<Self> {
         let primary = dist.as_ref().is_none_or(|d| d.rank() == 0);
-        let r = Self::build(cfg, vs, run_dir, resume, primary);
+        let r = Self::build(cfg, vs, Some(run_dir), resume, primary);
         match r {
             Ok(mut t) => {
                 if let (Some(d), true) = (dist.as_ref(), t.cfg.grad_overlap) {
@@ -503,25 +688,44 @@ impl Trainer {
         Ok(())
     }
 
+    /// A single-process trainer without a run folder: it trains the variables of
+    /// `vs` from step 0 and writes no checkpoint, metrics or progress. What
+    /// [`Trainer::bench`] runs on: the step is the one of [`Trainer::run`].
+    pub fn detached(mut cfg: TrainConfig, vs: &nn::VarStore) -> Result<Self> {
+        cfg.quiet = true;
+        Self::build(cfg, vs, None, false, true)
+    }
+
     fn build(
         cfg: TrainConfig,
         vs: &nn::VarStore,
-        run_dir: &Path,
+        run_dir: Option<&Path>,
         resume: bool,
         primary: bool,
     ) -> Result<Self> {
         cfg.validate()?;
         let device = vs.device();
         cfg.precision.validate(device)?;
-        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-        let ckpt = CheckpointManager::new(run_dir.join("checkpoints"), cfg.keep_last);
-        let latest = ckpt.latest()?;
+        let ckpt = match run_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                Some(CheckpointManager::new(
+                    dir.join("checkpoints"),
+                    cfg.keep_last,
+                ))
+            }
+            None => None,
+        };
+        let latest = match &ckpt {
+            Some(c) => c.latest()?,
+            None => None,
+        };
         if !resume {
             if let Some(p) = &latest {
                 return Err(Error::Config(format!(
                     "{} already holds checkpoints (latest {}); pass --resume to continue \
                      that run, or choose another run directory",
-                    run_dir.display(),
+                    run_dir.map_or(String::new(), |d| d.display().to_string()),
                     p.display()
                 )));
             }
@@ -565,13 +769,12 @@ impl Trainer {
         } else {
             None
         };
-        let metrics = if primary {
-            Some(MetricsWriter::open(
-                &run_dir.join("metrics.jsonl"),
+        let metrics = match run_dir {
+            Some(dir) if primary => Some(MetricsWriter::open(
+                &dir.join("metrics.jsonl"),
                 resumed_from.as_ref().map(|_| step),
-            )?)
-        } else {
-            None
+            )?),
+            _ => None,
         };
         let named_params: Vec<(String, Tensor)> = opt.params();
         let params: Vec<Tensor> = named_params
@@ -591,6 +794,7 @@ impl Trainer {
             device,
             ckpt,
             metrics,
+            run_dir: run_dir.map(Path::to_path_buf),
             dist: None,
             buckets,
             overlap: None,
@@ -619,9 +823,9 @@ impl Trainer {
         self.data_state.as_ref()
     }
 
-    /// The checkpoint manager of this run.
-    pub fn checkpoints(&self) -> &CheckpointManager {
-        &self.ckpt
+    /// The checkpoint manager of this run (`None` for a [`Trainer::detached`] one).
+    pub fn checkpoints(&self) -> Option<&CheckpointManager> {
+        self.ckpt.as_ref()
     }
 
     /// The optimizer.
@@ -665,7 +869,11 @@ impl Trainer {
             .iter()
             .map(|(n, b)| (*n, b.as_slice()))
             .collect();
-        self.ckpt.save(
+        let ckpt = self
+            .ckpt
+            .as_ref()
+            .ok_or_else(|| Error::Other("internal: a detached trainer saves nothing".into()))?;
+        ckpt.save(
             self.step,
             &self.vs_variables,
             &self.opt.state_tensors(),
@@ -688,31 +896,83 @@ impl Trainer {
 
     /// Trains from the current step to `max_steps`.
     ///
-    /// `loss_fn` gets a batch already on the device and returns the scalar fp32 loss
-    /// (model in train mode). `eval_fn(step)` runs under `no_grad` and returns JSON
-    /// (an object of metrics) written as an eval line. `extra_files` are copied into
-    /// every checkpoint (e.g. `config.json`).
-    pub fn run(
+    /// Each step is [`Trainer`]'s one training step (see the module docs) with
+    /// `objective`'s loss; `eval_fn(step)` runs under `no_grad` and returns JSON (an
+    /// object of metrics) written as an eval line. `extra_files` are copied into every
+    /// checkpoint (e.g. `config.json`). Errors are the objective's type.
+    pub fn run<O: Objective + ?Sized>(
         &mut self,
         source: &mut dyn BatchSource,
-        loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
-        eval_fn: Option<&mut dyn FnMut(u64) -> Result<serde_json::Value>>,
+        objective: &mut O,
+        eval_fn: Option<&mut EvalFn<'_, O::Error>>,
         extra_files: &[(&str, Vec<u8>)],
-    ) -> Result<TrainSummary> {
-        let r = self.run_inner(source, loss_fn, eval_fn, extra_files);
+    ) -> std::result::Result<TrainSummary, O::Error> {
+        let r = self.drive(source, objective, eval_fn, extra_files, None);
         if let Some(d) = self.dist.as_ref() {
             d.finish(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         }
         r
     }
 
-    fn run_inner(
+    /// Times the training step: `opts.warmup` untimed steps, then `opts.steps` steps
+    /// timed with the device synchronised around them, then (`opts.profile_steps`)
+    /// steps with a synchronised [`Profiler`]. Every step is the one [`Trainer::run`]
+    /// takes (same reseeding, loss, backward, clipping, AdamW, non-finite watch and
+    /// host reads at log steps); only the run folder's writes are absent. Needs a
+    /// [`Trainer::detached`] trainer.
+    pub fn bench<O: Objective + ?Sized>(
         &mut self,
         source: &mut dyn BatchSource,
-        loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
-        mut eval_fn: Option<&mut dyn FnMut(u64) -> Result<serde_json::Value>>,
+        objective: &mut O,
+        opts: &BenchOptions,
+    ) -> std::result::Result<BenchTiming, O::Error> {
+        if self.ckpt.is_some() || self.step != 0 || opts.steps == 0 {
+            return Err(Error::Config(
+                "bench: needs a detached trainer at step 0 and steps > 0".into(),
+            )
+            .into());
+        }
+        let total = (opts.warmup + opts.steps + opts.profile_steps) as u64;
+        self.cfg.max_steps = total;
+        self.cfg.warmup_steps = self.cfg.warmup_steps.min(total);
+        let mut clock = BenchClock {
+            warmup: opts.warmup as u64,
+            timed: opts.steps as u64,
+            started: None,
+            tokens_before: 0,
+            seconds: 0.0,
+            tokens: 0,
+            peak_mem: None,
+            last_loss: None,
+            profiler: None,
+        };
+        self.drive(source, objective, None, &[], Some(&mut clock))?;
+        let final_loss = match &clock.last_loss {
+            Some(l) => l.f_double_value(&[]).map_err(Error::from)?,
+            None => f64::NAN,
+        };
+        Ok(BenchTiming {
+            steps: opts.steps,
+            seconds: clock.seconds,
+            step_seconds: clock.seconds / opts.steps as f64,
+            tokens: clock.tokens,
+            tokens_per_second: clock.tokens as f64 / clock.seconds.max(1e-12),
+            final_loss,
+            peak_gpu_memory_mib: clock.peak_mem,
+            adamw: self.opt.effective_impl(),
+            profile: clock.profiler.as_ref().and_then(Profiler::report),
+        })
+    }
+
+    /// The training loop of [`Trainer::run`] and [`Trainer::bench`].
+    fn drive<O: Objective + ?Sized>(
+        &mut self,
+        source: &mut dyn BatchSource,
+        objective: &mut O,
+        mut eval_fn: Option<&mut EvalFn<'_, O::Error>>,
         extra_files: &[(&str, Vec<u8>)],
-    ) -> Result<TrainSummary> {
+        mut clock: Option<&mut BenchClock>,
+    ) -> std::result::Result<TrainSummary, O::Error> {
         let (rank, world) = (self.rank(), self.world_size());
         let primary = rank == 0;
         if !primary {
@@ -722,7 +982,16 @@ impl Trainer {
             source.restore(&state)?;
         }
         let start_step = self.step;
-        let schedule = self.cfg.lr_schedule();
+        let domains = source.domains();
+        let group = self.dist.clone();
+        objective.begin(&RunContext {
+            run_dir: self.run_dir.as_deref(),
+            start_step,
+            resumed: self.resumed_from.is_some(),
+            train: &self.cfg,
+            group: group.as_ref(),
+            domains: &domains,
+        })?;
         let started = Instant::now();
         let progress = Progress::new(
             self.cfg.max_steps,
@@ -743,143 +1012,59 @@ impl Trainer {
         }
         let mut watch = NonFiniteWatch::new(self.device)?;
         let device = self.device;
-        let zero = move || Tensor::f_zeros([], (Kind::Float, device));
+        let zero = move || Tensor::f_zeros([], (Kind::Float, device)).map_err(Error::from);
         let mut window_loss = zero()?;
         let (mut window_steps, mut window_tokens) = (0u64, 0u64);
         let mut window_start = Instant::now();
         let (mut final_loss, mut last_checkpoint, mut last_eval) = (None, None, None);
-        let ga = self.cfg.grad_accum;
         // Each rank reads its own rows when the source can (shards: yes).
         let sliced = world > 1 && source.read_rank_slice(rank, world)?;
+        let mut off = Profiler::off();
+        if let Some(c) = clock.as_deref_mut() {
+            // No warm-up: the timed steps start now.
+            c.after_step(0, self.tokens_seen, &zero()?, device);
+        }
 
         while self.step < self.cfg.max_steps {
             let step = self.step + 1;
-            tch::manual_seed(rank_seed(step_seed(self.cfg.seed, step), rank));
-            let mut step_loss = zero()?;
-            for micro in 0..ga {
-                let batch = source.next_batch()?;
-                // Token counts are global.
-                let tokens = batch.numel() as u64 * if sliced { world as u64 } else { 1 };
-                window_tokens += tokens;
-                self.tokens_seen += tokens;
-                let batch = if world > 1 && !sliced {
-                    let rows = batch.size().first().copied().unwrap_or(0).max(0) as usize;
-                    let (start, len) = rank_rows(rows, rank, world)?;
-                    batch.f_narrow(0, start as i64, len as i64)?
-                } else {
-                    batch
-                };
-                let batch = batch.f_to_device(self.device)?;
-                let loss = loss_fn(&batch)?;
-                if loss.numel() != 1 {
-                    return Err(Error::Other(format!(
-                        "loss_fn returned a tensor of shape {:?}; expected a scalar",
-                        loss.size()
-                    )));
+            let prof = match clock.as_deref_mut() {
+                Some(c) if step > c.warmup + c.timed => {
+                    c.profiler.get_or_insert_with(|| Profiler::on(device))
                 }
-                let loss = loss.f_reshape([])?;
-                if micro + 1 == ga {
-                    if let Some(r) = self.overlap.as_mut() {
-                        r.arm()?;
-                    }
-                }
-                loss.f_div_scalar(ga as f64)?.f_backward()?;
-                step_loss = step_loss.f_add(&loss.f_detach()?.f_to_kind(Kind::Float)?)?;
-            }
-            let step_loss = step_loss.f_div_scalar(ga as f64)?;
-            if let Some(r) = self.overlap.as_mut() {
-                r.finish()?;
-            } else if let Some(d) = self.dist.as_ref() {
-                let (buckets, params) = (&self.buckets, &self.named_params);
-                let kind = self.cfg.grad_reduce.kind();
-                d.with(|g| buckets.all_reduce_mean_as(g, params, kind))?;
-            }
-            let mut norm = match (self.dist.as_ref(), self.shard.as_ref()) {
-                (Some(d), Some(shard)) => {
-                    Some(sharded_grad_norm(d, &shard.params[rank], self.device)?)
-                }
-                _ => grad_norm_tensor(&self.params)?,
+                _ => &mut off,
             };
-            if let Some(n) = norm.as_mut() {
-                // Parameters on several devices (placed experts): keep the norm on
-                // the trainer's device, with the rest of the step's bookkeeping.
-                if n.device() != self.device {
-                    *n = n.f_to_device(self.device)?;
-                }
-            }
-            watch.record(&step_loss, norm.as_ref(), step)?;
-            let lr = schedule.lr_at(step);
-            match (self.dist.as_ref(), self.shard.as_ref()) {
-                (Some(d), Some(shard)) => {
-                    if let (Some(max), Some(n)) = (self.cfg.clip_grad_norm, &norm) {
-                        clip_grads_with_norm(&shard.params[rank], n, max)?;
-                    }
-                    self.opt.step_owned(lr, &shard.owned)?;
-                    // Every rank takes the updated parameters from their owner.
-                    for (r, owned) in shard.params.iter().enumerate() {
-                        let updated: Vec<Tensor> = owned
-                            .iter()
-                            .filter(|p| p.requires_grad() && p.grad().defined())
-                            .map(Tensor::shallow_clone)
-                            .collect();
-                        d.broadcast(&updated, r)?;
-                    }
-                }
-                _ => {
-                    if let (Some(max), Some(n)) = (self.cfg.clip_grad_norm, &norm) {
-                        clip_grads_with_norm(&self.params, n, max)?;
-                    }
-                    self.opt.step(lr)?;
-                }
-            }
-            self.opt.zero_grad();
-            self.step = step;
-            window_loss = window_loss.f_add(&step_loss)?;
+            let (step_loss, norm, tokens) =
+                self.train_step(source, objective, step, sliced, &mut watch, prof)?;
+            window_tokens += tokens;
+            window_loss = window_loss.f_add(&step_loss).map_err(Error::from)?;
             window_steps += 1;
 
             let last = step == self.cfg.max_steps;
             let is_log = step % self.cfg.log_every == 0 || last;
             let is_eval = eval_fn.is_some()
                 && (last || (self.cfg.eval_every > 0 && step % self.cfg.eval_every == 0));
-            let is_ckpt =
-                last || (self.cfg.checkpoint_every > 0 && step % self.cfg.checkpoint_every == 0);
+            let is_ckpt = self.ckpt.is_some()
+                && (last
+                    || (self.cfg.checkpoint_every > 0 && step % self.cfg.checkpoint_every == 0));
+            objective.end_step(step, is_log || is_eval || is_ckpt)?;
+            if let Some(c) = clock.as_deref_mut() {
+                c.after_step(step, self.tokens_seen, &step_loss, device);
+            }
             if !(is_log || is_eval || is_ckpt) {
                 continue;
             }
             watch.check()?;
             let elapsed_s = self.elapsed_before_s + started.elapsed().as_secs_f64();
             if is_log {
-                let mean_loss = window_loss.f_div_scalar(window_steps as f64)?;
-                if let Some(d) = self.dist.as_ref() {
-                    // The mean over the ranks (equal slices: the global batch's mean).
-                    d.all_reduce_mean(std::slice::from_ref(&mean_loss))?;
-                }
-                let vals = Vec::<f64>::try_from(
-                    &Tensor::f_stack(
-                        &[
-                            mean_loss,
-                            match &norm {
-                                Some(n) => n.shallow_clone(),
-                                None => zero()?,
-                            },
-                        ],
-                        0,
-                    )?
-                    .f_to_kind(Kind::Double)?
-                    .f_to_device(Device::Cpu)?,
-                )?;
-                let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-                let rec = TrainRecord {
+                let rec = self.log_line(
+                    &window_loss
+                        .f_div_scalar(window_steps as f64)
+                        .map_err(Error::from)?,
+                    norm.as_ref(),
                     step,
-                    loss: vals[0],
-                    lr,
-                    tokens_per_s: window_tokens as f64 / secs,
-                    grad_norm: vals[1],
+                    window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9),
                     elapsed_s,
-                };
-                if let Some(m) = self.metrics.as_mut() {
-                    m.train(&rec)?;
-                }
+                )?;
                 progress.update(
                     step,
                     &format!(
@@ -922,6 +1107,259 @@ impl Trainer {
             last_checkpoint,
             last_eval,
         })
+    }
+
+    /// The one training step (see the module docs): `grad_accum` micro-batches of
+    /// `objective`'s loss and backward, the gradient all-reduce (data parallel), the
+    /// gradient norm and clipping, the non-finite record, AdamW and zeroing. Returns
+    /// the step's mean loss and gradient norm (on the device) and its global token
+    /// count.
+    fn train_step<O: Objective + ?Sized>(
+        &mut self,
+        source: &mut dyn BatchSource,
+        objective: &mut O,
+        step: u64,
+        sliced: bool,
+        watch: &mut NonFiniteWatch,
+        prof: &mut Profiler,
+    ) -> std::result::Result<(Tensor, Option<Tensor>, u64), O::Error> {
+        let (rank, world) = (self.rank(), self.world_size());
+        let ga = self.cfg.grad_accum;
+        prof.start_step();
+        tch::manual_seed(rank_seed(step_seed(self.cfg.seed, step), rank));
+        let mut step_loss = Tensor::f_zeros([], (Kind::Float, self.device)).map_err(Error::from)?;
+        let mut tokens = 0u64;
+        for micro in 0..ga {
+            let batch = source.next_batch()?;
+            // Token counts are global.
+            let n = batch.ids.numel() as u64 * if sliced { world as u64 } else { 1 };
+            tokens += n;
+            self.tokens_seen += n;
+            let batch = if world > 1 && !sliced {
+                let rows = batch.ids.size().first().copied().unwrap_or(0).max(0) as usize;
+                let (start, len) = rank_rows(rows, rank, world)?;
+                batch.narrow(start, len)?
+            } else {
+                batch
+            };
+            let batch = batch.to_device(self.device)?;
+            prof.mark("data");
+            let at = StepInfo {
+                step,
+                micro,
+                grad_accum: ga,
+            };
+            let loss = objective.loss(&batch, at, prof)?;
+            if loss.numel() != 1 {
+                return Err(Error::Other(format!(
+                    "the objective returned a tensor of shape {:?}; expected a scalar",
+                    loss.size()
+                ))
+                .into());
+            }
+            let loss = loss.f_reshape([]).map_err(Error::from)?;
+            if micro + 1 == ga {
+                if let Some(r) = self.overlap.as_mut() {
+                    r.arm()?;
+                }
+            }
+            loss.f_div_scalar(ga as f64)
+                .and_then(|l| l.f_backward())
+                .map_err(Error::from)?;
+            prof.mark("backward");
+            step_loss = step_loss
+                .f_add(
+                    &loss
+                        .f_detach()
+                        .and_then(|l| l.f_to_kind(Kind::Float))
+                        .map_err(Error::from)?,
+                )
+                .map_err(Error::from)?;
+        }
+        let step_loss = step_loss.f_div_scalar(ga as f64).map_err(Error::from)?;
+        self.reduce_and_update(step, &step_loss, watch, prof)
+            .map(|norm| (step_loss, norm, tokens))
+            .map_err(O::Error::from)
+    }
+
+    /// The update half of the step: all-reduce (data parallel), norm, clipping,
+    /// non-finite record, AdamW, zeroing. Returns the gradient norm.
+    fn reduce_and_update(
+        &mut self,
+        step: u64,
+        step_loss: &Tensor,
+        watch: &mut NonFiniteWatch,
+        prof: &mut Profiler,
+    ) -> Result<Option<Tensor>> {
+        let rank = self.rank();
+        if let Some(r) = self.overlap.as_mut() {
+            r.finish()?;
+            prof.mark("grad_reduce");
+        } else if let Some(d) = self.dist.as_ref() {
+            let (buckets, params) = (&self.buckets, &self.named_params);
+            let kind = self.cfg.grad_reduce.kind();
+            d.with(|g| buckets.all_reduce_mean_as(g, params, kind))?;
+            prof.mark("grad_reduce");
+        }
+        let mut norm = match (self.dist.as_ref(), self.shard.as_ref()) {
+            (Some(d), Some(shard)) => Some(sharded_grad_norm(d, &shard.params[rank], self.device)?),
+            _ => grad_norm_tensor(&self.params)?,
+        };
+        if let Some(n) = norm.as_mut() {
+            // Parameters on several devices (placed experts): keep the norm on
+            // the trainer's device, with the rest of the step's bookkeeping.
+            if n.device() != self.device {
+                *n = n.f_to_device(self.device)?;
+            }
+        }
+        watch.record(step_loss, norm.as_ref(), step)?;
+        let lr = self.cfg.lr_schedule().lr_at(step);
+        match (self.dist.as_ref(), self.shard.as_ref()) {
+            (Some(d), Some(shard)) => {
+                if let (Some(max), Some(n)) = (self.cfg.clip_grad_norm, &norm) {
+                    clip_grads_with_norm(&shard.params[rank], n, max)?;
+                }
+                prof.mark("grad_clip");
+                self.opt.step_owned(lr, &shard.owned)?;
+                // Every rank takes the updated parameters from their owner.
+                for (r, owned) in shard.params.iter().enumerate() {
+                    let updated: Vec<Tensor> = owned
+                        .iter()
+                        .filter(|p| p.requires_grad() && p.grad().defined())
+                        .map(Tensor::shallow_clone)
+                        .collect();
+                    d.broadcast(&updated, r)?;
+                }
+            }
+            _ => {
+                if let (Some(max), Some(n)) = (self.cfg.clip_grad_norm, &norm) {
+                    clip_grads_with_norm(&self.params, n, max)?;
+                }
+                prof.mark("grad_clip");
+                self.opt.step(lr)?;
+            }
+        }
+        prof.mark("optimizer");
+        self.opt.zero_grad();
+        prof.mark("zero_grad");
+        self.step = step;
+        Ok(norm)
+    }
+
+    /// A log step: the window's mean loss (over the ranks) and the gradient norm read
+    /// to the host, written to `metrics.jsonl` (rank 0).
+    fn log_line(
+        &mut self,
+        mean_loss: &Tensor,
+        norm: Option<&Tensor>,
+        step: u64,
+        tokens_per_s: f64,
+        elapsed_s: f64,
+    ) -> Result<TrainRecord> {
+        if let Some(d) = self.dist.as_ref() {
+            // The mean over the ranks (equal slices: the global batch's mean).
+            d.all_reduce_mean(std::slice::from_ref(mean_loss))?;
+        }
+        let norm = match norm {
+            Some(n) => n.shallow_clone(),
+            None => Tensor::f_zeros([], (Kind::Float, self.device))?,
+        };
+        let vals = Vec::<f64>::try_from(
+            &Tensor::f_stack(&[mean_loss.shallow_clone(), norm], 0)?
+                .f_to_kind(Kind::Double)?
+                .f_to_device(Device::Cpu)?,
+        )?;
+        let rec = TrainRecord {
+            step,
+            loss: vals[0],
+            lr: self.cfg.lr_schedule().lr_at(step),
+            tokens_per_s,
+            grad_norm: vals[1],
+            elapsed_s,
+        };
+        if let Some(m) = self.metrics.as_mut() {
+            m.train(&rec)?;
+        }
+        Ok(rec)
+    }
+}
+
+/// The evaluation callback of [`Trainer::run`]: `step → JSON metrics`.
+pub type EvalFn<'a, E> = dyn FnMut(u64) -> std::result::Result<serde_json::Value, E> + 'a;
+
+/// How [`Trainer::bench`] times the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BenchOptions {
+    /// Untimed steps first (allocator, cuBLAS and cuDNN warm-up).
+    pub warmup: usize,
+    /// Timed steps (> 0).
+    pub steps: usize,
+    /// Steps profiled after the timed ones (0: no profile).
+    pub profile_steps: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            warmup: 5,
+            steps: 20,
+            profile_steps: 0,
+        }
+    }
+}
+
+/// What [`Trainer::bench`] measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchTiming {
+    /// Timed steps.
+    pub steps: usize,
+    /// Seconds of the timed steps (device synchronised before and after).
+    pub seconds: f64,
+    /// Mean seconds per optimizer step.
+    pub step_seconds: f64,
+    /// Training tokens of the timed steps.
+    pub tokens: u64,
+    /// Training tokens per second.
+    pub tokens_per_second: f64,
+    /// The loss of the last step (sanity: finite).
+    pub final_loss: f64,
+    /// Peak GPU memory of this process in MiB (nvidia-smi), before and after the
+    /// timed steps (`None` on the CPU).
+    pub peak_gpu_memory_mib: Option<u64>,
+    /// The AdamW implementation that ran (`auto` resolved).
+    pub adamw: AdamWImpl,
+    /// The profiled steps' phases (`None` without `profile_steps`).
+    pub profile: Option<ProfileReport>,
+}
+
+/// The bench's bookkeeping inside [`Trainer::drive`].
+struct BenchClock {
+    warmup: u64,
+    timed: u64,
+    started: Option<Instant>,
+    tokens_before: u64,
+    seconds: f64,
+    tokens: u64,
+    peak_mem: Option<u64>,
+    last_loss: Option<Tensor>,
+    profiler: Option<Profiler>,
+}
+
+impl BenchClock {
+    fn after_step(&mut self, step: u64, tokens_seen: u64, loss: &Tensor, device: Device) {
+        if step == self.warmup + self.timed {
+            sync(device);
+            self.seconds = self.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            self.tokens = tokens_seen - self.tokens_before;
+            self.peak_mem = self.peak_mem.max(gpu_memory_mib());
+            self.last_loss = Some(loss.shallow_clone());
+        }
+        if step == self.warmup {
+            sync(device);
+            self.peak_mem = gpu_memory_mib();
+            self.tokens_before = tokens_seen;
+            self.started = Some(Instant::now());
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use mome_core::metrics::read_metrics;
 use mome_core::schedule::ScheduleKind;
-use mome_core::{BatchSource, Error, Precision, Result, TrainConfig, Trainer};
+use mome_core::{Batch, BatchSource, Error, Precision, Result, TrainConfig, Trainer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{nn, Device, Tensor};
@@ -37,7 +37,7 @@ impl Arith {
 }
 
 impl BatchSource for Arith {
-    fn next_batch(&mut self) -> Result<Tensor> {
+    fn next_batch(&mut self) -> Result<Batch> {
         if self.fail_at == Some(self.next) {
             return Err(Error::Other(format!(
                 "simulated crash at batch {}",
@@ -54,7 +54,7 @@ impl BatchSource for Arith {
                 x = (x + 3) % V;
             }
         }
-        Ok(Tensor::from_slice(&v).view([4, 9]))
+        Ok(Batch::ids(Tensor::from_slice(&v).view([4, 9])))
     }
     fn state(&self) -> serde_json::Value {
         serde_json::json!({ "next": self.next })
@@ -344,7 +344,7 @@ fn nan_loss_names_the_step() {
     }
     assert!(e.to_string().contains("step 3"));
     assert!(
-        trainer.checkpoints().latest().unwrap().is_none(),
+        trainer.checkpoints().unwrap().latest().unwrap().is_none(),
         "nothing saved after NaN"
     );
 }
@@ -366,7 +366,7 @@ fn eval_runs_at_interval_and_end() {
     };
     let mut eval = |step: u64| -> Result<serde_json::Value> {
         let l = model
-            .loss(&eval_src.next_batch()?, false)?
+            .loss(&eval_src.next_batch()?.ids, false)?
             .double_value(&[]);
         Ok(serde_json::json!({ "val_loss": l, "seen_step": step }))
     };
@@ -502,7 +502,7 @@ mod cuda {
             .with_impl(imp);
             let mut src = Arith::new();
             for _ in 0..5 {
-                let b = src.next_batch().unwrap().to_device(Device::Cuda(0));
+                let b = src.next_batch().unwrap().ids.to_device(Device::Cuda(0));
                 model.loss(&b, false).unwrap().backward();
                 opt.step(1e-2).unwrap();
                 opt.zero_grad();

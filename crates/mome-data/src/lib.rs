@@ -16,7 +16,10 @@
 //!    [`shards::ShardSet`];
 //! 5. [`sampler::BatchSampler`] draws seeded, resumable batches of sequence
 //!    indices (`balanced`, `mixed`, `blocks`, `sequential`);
-//! 6. [`bench`](mod@bench) times the balancing against the method's Python tool.
+//! 6. [`bench`](mod@bench) holds timing and memory helpers (peak RSS, fastest run,
+//!    MB/s); the balancing benchmark against the method's Python tool is the
+//!    `data-bench` workspace binary (`examples/data-bench`,
+//!    `cargo run --release -p data-bench -- …`), outside this library.
 //!
 //! ## Example: shards and a sampler
 //! ```
@@ -76,6 +79,7 @@ pub mod count;
 pub mod encode;
 pub mod error;
 pub mod fsutil;
+pub mod params;
 pub mod sampler;
 pub mod shards;
 pub mod tokenizer;

@@ -148,6 +148,15 @@ impl CacheManifest {
     pub fn bytes_per_token(&self) -> usize {
         self.top_k * (self.id_dtype.size() + 2)
     }
+
+    /// Token positions stored, over every split and domain.
+    pub fn tokens(&self) -> u64 {
+        self.splits
+            .values()
+            .flat_map(|d| d.values())
+            .map(|d| d.sequences * self.seq_len as u64)
+            .sum()
+    }
 }
 
 /// Settings of [`build_cache`].
@@ -581,4 +590,90 @@ impl TeacherCache {
             vocab_size: m.vocab_size as i64,
         })
     }
+}
+
+/// The domain name of a [`synthetic_cache`].
+pub const SYNTHETIC_DOMAIN: &str = "bench";
+
+/// Writes a synthetic teacher cache into `dir` (replacing it) and opens it: `rows`
+/// sequences of domain [`SYNTHETIC_DOMAIN`] in split `train`, `seq_len` positions of
+/// `top_k` entries each, in this crate's on-disk format (`f16` values), as
+/// `mome bench train --mode kd-cache` reads it. The ids are random, the
+/// log-probabilities sorted descending and leave a rest mass of about 0.1.
+pub fn synthetic_cache(
+    dir: &Path,
+    rows: usize,
+    seq_len: usize,
+    top_k: usize,
+    vocab: usize,
+    temperature: f64,
+) -> Result<TeacherCache> {
+    if rows == 0 || seq_len == 0 || top_k == 0 || top_k > vocab {
+        return Err(Error::Config(format!(
+            "synthetic cache: rows {rows}, seq_len {seq_len}, top_k {top_k} (<= vocab {vocab}) must be > 0"
+        )));
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let train = dir.join("train");
+    std::fs::create_dir_all(&train).map_err(|e| Error::io(&train, e))?;
+    let _guard = tch::no_grad_guard();
+    let n = (rows * seq_len) as i64;
+    let k = top_k as i64;
+    let id_dtype = IdDtype::for_vocab(vocab);
+    let ids = Tensor::f_randint(vocab as i64, [n * k], (Kind::Int64, Device::Cpu))?;
+    let ids: Vec<i64> = Vec::try_from(&ids)?;
+    let mut id_bytes = Vec::with_capacity(ids.len() * id_dtype.size());
+    for i in ids {
+        match id_dtype {
+            IdDtype::U16 => id_bytes.extend_from_slice(&(i as u16).to_le_bytes()),
+            IdDtype::U32 => id_bytes.extend_from_slice(&(i as u32).to_le_bytes()),
+        }
+    }
+    let u = Tensor::f_rand([n, k], (Kind::Float, Device::Cpu))?.f_add_scalar(1e-3)?;
+    let (u, _) = u.f_sort(-1, true)?;
+    let p = u
+        .f_div(&u.f_sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)?)?
+        .f_mul_scalar(0.9)?;
+    let logp = p.f_log()?.f_to_kind(Kind::Half)?.f_contiguous()?;
+    let mut val_bytes = vec![0u8; (n * k) as usize * 2];
+    logp.f_copy_data_u8(&mut val_bytes, (n * k) as usize)?;
+    let files = [
+        ("train/bench.ids.bin", id_bytes),
+        ("train/bench.logp.bin", val_bytes),
+    ];
+    for (name, bytes) in &files {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+    }
+    let mut domains = BTreeMap::new();
+    domains.insert(
+        SYNTHETIC_DOMAIN.to_string(),
+        CacheDomain {
+            ids_file: files[0].0.into(),
+            values_file: files[1].0.into(),
+            sequences: rows as u64,
+        },
+    );
+    let mut splits = BTreeMap::new();
+    splits.insert("train".to_string(), domains);
+    let manifest = CacheManifest {
+        format: CACHE_FORMAT.into(),
+        format_version: CACHE_VERSION,
+        top_k,
+        vocab_size: vocab,
+        seq_len,
+        temperature,
+        id_dtype,
+        value_dtype: ValueDtype::F16,
+        teacher_sha256: "synthetic".into(),
+        teacher_config: serde_json::json!({}),
+        shards_fingerprint: "synthetic".into(),
+        shards_tokenizer_sha256: "synthetic".into(),
+        splits,
+        build_seconds: 0.0,
+    };
+    write_json_atomic(&dir.join(CACHE_MANIFEST), &manifest)?;
+    TeacherCache::open(dir)
 }

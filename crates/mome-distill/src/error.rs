@@ -67,6 +67,18 @@ pub enum Error {
         /// The value of this run.
         given: String,
     },
+    /// A plot could not be drawn.
+    #[error(transparent)]
+    Plot(#[from] mome_plot::PlotError),
+    /// One run of an experiment failed.
+    #[error("run {name}")]
+    Run {
+        /// The run's name.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
     /// A teacher cache folder that is damaged or incomplete.
     #[error("teacher cache {path}: {reason}")]
     Cache {
@@ -83,15 +95,6 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
-        }
-    }
-}
-
-impl From<Error> for mome_core::Error {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Core(inner) => inner,
-            other => mome_core::Error::External(Box::new(other)),
         }
     }
 }

@@ -5,9 +5,13 @@
 //!   teacher, fp32 and NaN-free with -inf logits;
 //! - [`strategy`]: how CE and KD are weighted ([`strategy::WeightStrategy`]: fixed,
 //!   adaptive as in the research code with guards, alternating);
-//! - [`trainer`]: [`run_distill`], a student trained against a frozen teacher by
-//!   mome-core's `Trainer` (same checkpoints, resume and metrics as `mome train`,
-//!   data parallel under `mome launch --gpus N`);
+//! - [`objective`]: [`KdTerm`], the `alpha * CE + beta * KD` of one micro-batch,
+//!   shared by distillation and MoE training, and [`DistillObjective`];
+//! - [`trainer`]: the `mome distill` job ([`DistillParams`] → [`DistillJob`] →
+//!   [`run_distill`]), a student trained against a frozen teacher by mome-core's
+//!   `Trainer` (same checkpoints, resume and metrics as `mome train`, data parallel
+//!   under `mome launch --gpus N`), and [`bench_distill`] on the same step;
+//! - [`experiment`]: the paper's KD comparison ([`experiment::run_kd_experiment`]);
 //! - [`cache`]: the offline top-K teacher cache ([`build_cache`], [`TeacherCache`]);
 //! - [`teacher`]: loading a frozen teacher.
 //!
@@ -25,7 +29,9 @@
 
 pub mod cache;
 pub mod error;
+pub mod experiment;
 pub mod losses;
+pub mod objective;
 pub mod strategy;
 pub mod teacher;
 pub mod trainer;
@@ -33,8 +39,10 @@ pub mod trainer;
 pub use cache::{build_cache, CacheBuildOptions, CacheManifest, TeacherCache, ValueDtype};
 pub use error::{Error, Result};
 pub use losses::{kd_loss, KdLoss, KdOutput, SparseTeacher, Teacher};
+pub use objective::{DistillObjective, KdTerm, TeacherModel};
 pub use strategy::{Adaptive, Alternating, Fixed, StrategyConfig, WeightStrategy};
 pub use trainer::{
-    final_validation, run_distill, run_distill_with_group, strategy_history, DataSpec, DistillJob,
-    DistillOutcome, DistillSettings, EvalSpec, TeacherSection, DISTILL_METRICS,
+    bench_distill, final_validation, run_distill, run_distill_with_group, strategy_history,
+    BenchTeacher, DistillBench, DistillJob, DistillOutcome, DistillParams, DistillSettings,
+    TeacherSection, AUTO_KD_CHUNK, DISTILL_METRICS,
 };

@@ -1,55 +1,55 @@
-//! The distillation trainer: a student GPT-2 trained with `alpha * CE + beta * KD`
-//! against a frozen teacher (online, or read from a [`TeacherCache`]) by
-//! mome-core's [`Trainer`], so checkpoints, exact resume, `metrics.jsonl` and the
-//! non-finite checks are those of `mome train`.
+//! The distillation job of `mome distill`: a student GPT-2 trained with
+//! `alpha * CE + beta * KD` ([`crate::objective::KdTerm`]) against a frozen teacher
+//! (online, or read from a [`TeacherCache`]) by mome-core's [`Trainer`], so
+//! checkpoints, exact resume, `metrics.jsonl` and the non-finite checks are those of
+//! `mome train` (method §4).
 //!
-//! Per loss evaluation (micro-batch) the trainer also writes a line to
-//! `run_dir/distill_metrics.jsonl`:
-//! `{"kind":"distill","step":S,"micro":M,"alpha":..,"beta":..,"ce":..,"kd":..}`
-//! (`kd` is `null` when the KD weight was 0 and the teacher was skipped). The values
-//! stay on the device and are copied in one transfer at log / eval / checkpoint
-//! steps, except with the adaptive strategy, which reads CE and KD every
-//! micro-batch (one host sync each). On resume the file is cut back to the
-//! checkpoint's step and its lines are replayed into the strategy, so the adaptive
-//! histories continue exactly.
+//! [`DistillParams`] is the config file; [`ParamGuard::check`] validates it once into
+//! a [`DistillJob`] (the shards' tokenizer hash when a tokenizer is given, student,
+//! teacher and cache vocabularies, the teacher's positions, the cache's shards /
+//! teacher / temperature: each mismatch is a typed [`Error`] before any step);
+//! [`run_distill`] runs it, [`bench_distill`] times the same step on random tokens.
+//!
+//! **Precision**: an online teacher is stored and run in bf16 when the run's
+//! precision is bf16 (or `teacher.bf16 = true`), so every model of the run follows
+//! `[train] precision`.
 //!
 //! **Data parallel** (under `mome launch --gpus N`, or [`run_distill_with_group`]):
 //! every rank draws the same global batch and trains on its `1/N` of the rows
 //! (mome-core's [`Trainer`]); the online teacher runs on the rank's rows, a teacher
-//! cache is read for the rank's rows only (each rank reads only its rows of the
-//! shards). The CE and KD values are averaged over
-//! the ranks before they reach the weighting strategy (adaptive weights are those of
-//! the global batch, the same on every rank) and before they are written; rank 0
-//! alone writes `distill_metrics.jsonl`, checkpoints and `model/`. The global batch
+//! cache is read for the rank's rows only. CE and KD are averaged over the ranks
+//! before they reach the weighting strategy; rank 0 alone writes
+//! `distill_metrics.jsonl`, checkpoints and `model/`. The global batch
 //! (`batch_size`) must be a multiple of the number of ranks.
-//!
-//! Before any step: the shards' tokenizer hash (when a tokenizer hash is given),
-//! student, teacher and cache vocabularies, the teacher's positions, and the cache's
-//! shards / teacher / temperature are checked; each mismatch is a typed [`Error`].
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 
-use mome_core::data::ShardBatches;
-use mome_core::dist::{local_items, mean_to_host, DistEnv, GroupHandle};
-use mome_core::metrics::{read_metrics, MetricsWriter};
-use mome_core::trainer::{BatchSource, TrainConfig, TrainSummary, Trainer};
-use mome_data::sampler::{SamplerConfig, SamplerKind, SeqRef};
+use mome_core::data::RandomBatches;
+use mome_core::dist::{DistEnv, GroupHandle};
+use mome_core::job::{prefetched, DataParams, EvalParams};
+use mome_core::metrics::read_metrics;
+use mome_core::trainer::{BenchOptions, BenchTiming, TrainConfig, TrainSummary, Trainer};
+use mome_core::{DeviceSpec, ParamGuard, Precision};
 use mome_data::shards::ShardSet;
-use mome_experts::eval::evaluate;
-use mome_experts::{causal_lm_loss, Gpt2Config, Gpt2Input, Gpt2LmHeadModel};
+use mome_experts::eval::validation_metrics;
+use mome_experts::train::{check_fits, seeded_model};
+use mome_experts::{Gpt2Config, ModelSpec};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device, Tensor};
+use tch::Device;
 
 use crate::cache::TeacherCache;
-use crate::losses::{kd_loss, KdLoss, Teacher};
-use crate::strategy::{StrategyConfig, WeightStrategy};
+use crate::losses::KdLoss;
+use crate::objective::{DistillObjective, KdTerm, TeacherModel};
+use crate::strategy::StrategyConfig;
 use crate::teacher::load_teacher;
 use crate::{Error, Result};
 
 /// The side metrics file of a distillation run.
 pub const DISTILL_METRICS: &str = "distill_metrics.jsonl";
+
+/// The KD chunk `auto` takes on CUDA (positions per chunk).
+pub const AUTO_KD_CHUNK: usize = 512;
 
 fn default_loss() -> KdLoss {
     KdLoss::ForwardKl
@@ -59,7 +59,7 @@ fn default_temperature() -> f64 {
 }
 
 /// `[distill]`: the loss, temperature and weighting strategy (method defaults:
-/// forward KL, T = 2, fixed alpha = 0.5).
+/// forward KL, T = 2, fixed alpha = 0.5), and how the KD loss is computed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistillSettings {
@@ -72,6 +72,11 @@ pub struct DistillSettings {
     /// How CE and KD are weighted.
     #[serde(default)]
     pub strategy: StrategyConfig,
+    /// Positions per chunk of the KD loss (bounded fp32 temporaries, closed-form
+    /// gradient; the same value and gradient): absent = `auto` (512 on CUDA, the
+    /// whole sequence on the CPU), 0 = the whole sequence at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kd_chunk: Option<usize>,
 }
 
 impl Default for DistillSettings {
@@ -80,6 +85,7 @@ impl Default for DistillSettings {
             loss: default_loss(),
             temperature: default_temperature(),
             strategy: StrategyConfig::default(),
+            kd_chunk: None,
         }
     }
 }
@@ -95,6 +101,15 @@ impl DistillSettings {
         }
         self.strategy.validate()
     }
+
+    /// The KD chunk on `device` (`None`: unchunked); see [`DistillSettings::kd_chunk`].
+    pub fn chunk_on(&self, device: Device) -> Option<i64> {
+        match self.kd_chunk {
+            None => device.is_cuda().then_some(AUTO_KD_CHUNK as i64),
+            Some(0) => None,
+            Some(n) => Some(n as i64),
+        }
+    }
 }
 
 /// `teacher = { dir = "DIR" }` (online) or `teacher = { cache = "DIR" }` (offline;
@@ -103,110 +118,209 @@ impl DistillSettings {
 #[serde(deny_unknown_fields)]
 pub struct TeacherSection {
     /// The teacher model folder (`config.json` + `model.safetensors`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
     /// A teacher cache folder (`mome teacher-cache build`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<PathBuf>,
-    /// Store and run the online teacher in bf16 (sensible on CUDA).
+    /// Store and run the online teacher in bf16 (absent: when the run's precision
+    /// is bf16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bf16: Option<bool>,
+}
+
+impl TeacherSection {
+    /// Whether an online teacher runs in bf16 under `precision`.
+    pub fn bf16_under(&self, precision: Precision) -> bool {
+        self.bf16.unwrap_or(precision == Precision::Bf16)
+    }
+
+    /// Checks the teacher against a student of `student` on shards of `vocab`
+    /// tokens and `seq_len` positions, and a run at `temperature` (a cache's
+    /// against `shards` too, when given) — before anything is loaded.
+    pub fn check(
+        &self,
+        student: &Gpt2Config,
+        shards: Option<&ShardSet>,
+        temperature: f64,
+        needs_teacher: bool,
+    ) -> Result<()> {
+        let sv = student.vocab_size;
+        if let Some(cdir) = &self.cache {
+            let cache = TeacherCache::open(cdir)?;
+            if let Some(s) = shards {
+                cache.check_shards(s, "train")?;
+            }
+            if cache.manifest().vocab_size as i64 != sv {
+                return Err(vocab_err(
+                    format!("teacher cache {}", cdir.display()),
+                    cache.manifest().vocab_size as i64,
+                    sv,
+                ));
+            }
+            cache.check_temperature(temperature)?;
+            if let Some(dir) = &self.dir {
+                cache.check_teacher(dir)?;
+            }
+            return Ok(());
+        }
+        let Some(dir) = &self.dir else {
+            if needs_teacher {
+                return Err(Error::Config(
+                    "no teacher: set teacher = { dir = \"MODEL_DIR\" } or teacher = { cache = \"CACHE_DIR\" }"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        };
+        crate::teacher::teacher_sha256(dir)?;
+        let tc = Gpt2Config::from_file(dir.join("config.json"))?;
+        if tc.vocab_size != sv {
+            return Err(vocab_err(
+                format!("teacher {}", dir.display()),
+                tc.vocab_size,
+                sv,
+            ));
+        }
+        let (positions, what) = match shards {
+            Some(s) => (s.seq_len() as i64, "the shards hold"),
+            None => (student.n_positions, "the student reads"),
+        };
+        if positions > tc.n_positions {
+            return Err(Error::Config(format!(
+                "{what} {positions}-token sequences but the teacher has {} positions",
+                tc.n_positions
+            )));
+        }
+        Ok(())
+    }
+
+    /// Loads the teacher on `device` (frozen; bf16 under `precision`'s rule).
+    pub fn load(&self, device: Device, precision: Precision) -> Result<TeacherModel> {
+        if let Some(cdir) = &self.cache {
+            return Ok(TeacherModel::Cache {
+                cache: Arc::new(TeacherCache::open(cdir)?),
+                split: "train".into(),
+            });
+        }
+        match &self.dir {
+            Some(dir) => {
+                let (vs, model, _) = load_teacher(dir, device, self.bf16_under(precision))?;
+                Ok(TeacherModel::Online {
+                    vs,
+                    model: Box::new(model),
+                })
+            }
+            None => Ok(TeacherModel::None),
+        }
+    }
+}
+
+/// The `mome distill` config file (unchecked; see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillParams {
+    /// Run folder: checkpoints, metrics, `model/`.
+    pub out_dir: PathBuf,
+    /// `auto` | `cpu` | `cuda` | `cuda:N` (student and online teacher).
     #[serde(default)]
-    pub bf16: bool,
-}
-
-/// Training data of a run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DataSpec {
-    /// Shard folder.
-    pub shards: PathBuf,
-    /// sha256 of the tokenizer the run is meant for (checked against the shards).
-    pub tokenizer_sha256: Option<String>,
-    /// Sampler kind.
-    pub sampler: SamplerKind,
-    /// Sequences per micro-batch.
-    pub batch_size: usize,
-    /// Domains (empty = all).
-    pub domains: Vec<String>,
-}
-
-/// Validation during training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EvalSpec {
-    /// Validation sequences per domain (0 = all).
-    pub max_sequences: usize,
-    /// Sequences per forward pass.
-    pub batch_size: usize,
-}
-
-/// Everything a distillation run needs.
-#[derive(Debug, Clone)]
-pub struct DistillJob {
-    /// Run folder (checkpoints, metrics, `model/`).
-    pub run_dir: PathBuf,
-    /// Continue from the latest checkpoint.
-    pub resume: bool,
-    /// Device of student and (online) teacher.
-    pub device: Device,
-    /// Student shape.
-    pub student: Gpt2Config,
-    /// Where the teacher distribution comes from (may be empty for CE-only runs).
+    pub device: DeviceSpec,
+    /// `{ dir = "MODEL_DIR" }` or `{ cache = "CACHE_DIR" }` (may be empty for
+    /// CE-only runs).
+    #[serde(default)]
     pub teacher: TeacherSection,
-    /// Training data.
-    pub data: DataSpec,
-    /// Validation.
-    pub eval: EvalSpec,
+    /// The student: a preset and/or GPT-2 config fields.
+    pub student: ModelSpec,
+    /// Shards and sampler.
+    pub data: DataParams,
+    /// Validation during training.
+    #[serde(default)]
+    pub eval: EvalParams,
+    /// Loss, temperature, strategy, KD chunk.
+    #[serde(default)]
+    pub distill: DistillSettings,
     /// Optimizer, schedule, steps, precision, seed.
     pub train: TrainConfig,
-    /// Loss, temperature, strategy.
-    pub distill: DistillSettings,
+    /// Continue from the latest checkpoint (a run option, not a key of the file).
+    #[serde(skip)]
+    pub resume: bool,
 }
 
-/// What [`run_distill`] produced.
+/// A checked [`DistillParams`]: the resolved device and student shape.
 #[derive(Debug, Clone)]
-pub struct DistillOutcome {
-    /// The trainer's summary (its `last_eval` holds `val_loss`, `val_loss_<domain>`).
-    pub summary: TrainSummary,
-    /// The final student (`save_pretrained` layout).
-    pub model_dir: PathBuf,
-    /// `metrics.jsonl`.
-    pub metrics: PathBuf,
-    /// `distill_metrics.jsonl`.
-    pub distill_metrics: PathBuf,
-    /// This process's rank (0 without data parallelism; only rank 0 writes
-    /// `model/` and the metrics files).
-    pub rank: usize,
+pub struct DistillJob {
+    params: DistillParams,
+    device: Device,
+    student: Gpt2Config,
 }
 
-enum TeacherImpl {
-    None,
-    Online {
-        _vs: nn::VarStore,
-        model: Gpt2LmHeadModel,
-    },
-    Cache(TeacherCache),
+impl DistillParams {
+    /// Every check that needs no shards, with the student's vocabulary defaulting to
+    /// `vocab` and its positions checked against `seq_len` (the teacher is checked
+    /// when `with_teacher`).
+    pub fn check_shape(
+        &self,
+        vocab: usize,
+        seq_len: usize,
+        shards: Option<&ShardSet>,
+        with_teacher: bool,
+    ) -> Result<DistillJob> {
+        self.distill.validate()?;
+        self.train.validate()?;
+        self.data.validate()?;
+        self.eval.validate()?;
+        let device = self.device.resolve()?;
+        self.train.precision.validate(device)?;
+        let student = self.student.resolve(vocab)?;
+        check_fits(&student, vocab, seq_len, "the student")?;
+        if with_teacher {
+            self.teacher.check(
+                &student,
+                shards,
+                self.distill.temperature,
+                !self.distill.strategy.is_ce_only(),
+            )?;
+        }
+        Ok(DistillJob {
+            params: self.clone(),
+            device,
+            student,
+        })
+    }
 }
 
-/// A [`ShardBatches`] that publishes the `(domain, index)` items of each batch.
-struct TrackedBatches {
-    inner: ShardBatches,
-    items: Rc<RefCell<Vec<SeqRef>>>,
+impl ParamGuard for DistillParams {
+    type Checked = DistillJob;
+    type Error = Error;
+    fn check(&self) -> Result<DistillJob> {
+        let shards = self.data.open()?;
+        if self
+            .student
+            .vocab_size
+            .is_some_and(|v| (v as usize) < shards.vocab_size())
+        {
+            return Err(vocab_err(
+                format!("the shards {}", self.data.shards.display()),
+                shards.vocab_size() as i64,
+                self.student.vocab_size.unwrap_or(0),
+            ));
+        }
+        self.check_shape(shards.vocab_size(), shards.seq_len(), Some(&shards), true)
+    }
 }
 
-impl BatchSource for TrackedBatches {
-    fn next_batch(&mut self) -> mome_core::Result<Tensor> {
-        let b = self.inner.next_batch()?;
-        self.items
-            .borrow_mut()
-            .clone_from(&self.inner.last_items().to_vec());
-        Ok(b)
+impl DistillJob {
+    /// The validated parameters.
+    pub fn params(&self) -> &DistillParams {
+        &self.params
     }
-    fn state(&self) -> serde_json::Value {
-        self.inner.state()
+    /// The device.
+    pub fn device(&self) -> Device {
+        self.device
     }
-    fn restore(&mut self, state: &serde_json::Value) -> mome_core::Result<()> {
-        self.inner.restore(state)
-    }
-    fn read_rank_slice(&mut self, rank: usize, world: usize) -> mome_core::Result<bool> {
-        self.inner.read_rank_slice(rank, world)
+    /// The resolved student shape.
+    pub fn student(&self) -> &Gpt2Config {
+        &self.student
     }
 }
 
@@ -218,105 +332,21 @@ fn vocab_err(what: String, found: i64, student: i64) -> Error {
     }
 }
 
-/// Opens and checks everything of `job` that can be wrong before a step runs.
-fn prepare_teacher(job: &DistillJob, shards: &ShardSet) -> Result<TeacherImpl> {
-    let t = &job.teacher;
-    let sv = job.student.vocab_size;
-    if let Some(cdir) = &t.cache {
-        let cache = TeacherCache::open(cdir)?;
-        cache.check_shards(shards, "train")?;
-        if cache.manifest().vocab_size as i64 != sv {
-            return Err(vocab_err(
-                format!("teacher cache {}", cdir.display()),
-                cache.manifest().vocab_size as i64,
-                sv,
-            ));
-        }
-        cache.check_temperature(job.distill.temperature)?;
-        if let Some(dir) = &t.dir {
-            cache.check_teacher(dir)?;
-        }
-        return Ok(TeacherImpl::Cache(cache));
-    }
-    let Some(dir) = &t.dir else {
-        if job.distill.strategy.is_ce_only() {
-            return Ok(TeacherImpl::None);
-        }
-        return Err(Error::Config(
-            "no teacher: set teacher = { dir = \"MODEL_DIR\" } or teacher = { cache = \"CACHE_DIR\" }"
-                .into(),
-        ));
-    };
-    let (vs, model, _) = load_teacher(dir, job.device, t.bf16)?;
-    let tc = model.config();
-    if tc.vocab_size != sv {
-        return Err(vocab_err(
-            format!("teacher {}", dir.display()),
-            tc.vocab_size,
-            sv,
-        ));
-    }
-    if (shards.seq_len() as i64) > tc.n_positions {
-        return Err(Error::Config(format!(
-            "the shards hold {}-token sequences but the teacher has {} positions",
-            shards.seq_len(),
-            tc.n_positions
-        )));
-    }
-    Ok(TeacherImpl::Online { _vs: vs, model })
-}
-
-struct Pending {
-    step: u64,
-    micro: u64,
-    alpha: f64,
-    beta: f64,
-    ce: Tensor,
-    kd: Option<Tensor>,
-}
-
-/// Writes the pending lines (rank 0), with CE and KD averaged over the ranks (every
-/// rank calls this at the same steps).
-fn flush(
-    pending: &mut Vec<Pending>,
-    writer: Option<&mut MetricsWriter>,
-    group: Option<&GroupHandle>,
-) -> Result<()> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let mut parts = Vec::with_capacity(pending.len() * 2);
-    for p in pending.iter() {
-        parts.push(p.ce.f_reshape([1])?);
-        parts.push(match &p.kd {
-            Some(k) => k.f_reshape([1])?,
-            None => p.ce.f_reshape([1])?,
-        });
-    }
-    let vals = mean_to_host(&Tensor::f_cat(&parts, 0)?, group)?;
-    let Some(writer) = writer else {
-        pending.clear();
-        return Ok(());
-    };
-    for (i, p) in pending.iter().enumerate() {
-        let kd = p.kd.as_ref().map(|_| vals[2 * i + 1]);
-        writer.write(&serde_json::json!({
-            "kind": "distill", "step": p.step, "micro": p.micro,
-            "alpha": p.alpha, "beta": p.beta, "ce": vals[2 * i], "kd": kd,
-        }))?;
-    }
-    pending.clear();
-    Ok(())
-}
-
-/// The eval JSON of a report: `val_loss`, `val_ppl`, `val_loss_<d>`, `val_ppl_<d>`.
-fn eval_json(r: &mome_experts::eval::EvalReport) -> serde_json::Value {
-    let mut v = serde_json::json!({"val_loss": r.mean_loss, "val_ppl": r.mean_perplexity});
-    for (d, e) in &r.domains {
-        v[format!("val_loss_{d}")] = serde_json::json!(e.loss);
-        v[format!("val_ppl_{d}")] = serde_json::json!(e.perplexity);
-    }
-    v
+/// What [`run_distill`] produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistillOutcome {
+    /// The final student (`save_pretrained` layout).
+    pub model_dir: PathBuf,
+    /// The trainer's summary (its `last_eval` holds `val_loss`, `val_loss_<domain>`).
+    #[serde(flatten)]
+    pub summary: TrainSummary,
+    /// `metrics.jsonl`.
+    pub metrics: PathBuf,
+    /// `distill_metrics.jsonl`.
+    pub distill_metrics: PathBuf,
+    /// This process's rank (0 without data parallelism; only rank 0 writes
+    /// `model/` and the metrics files).
+    pub rank: usize,
 }
 
 /// The strategy's history from a run's `distill_metrics.jsonl`: `(step, ce, kd)` of
@@ -337,7 +367,7 @@ pub fn strategy_history(path: &Path, start_step: u64) -> Result<Vec<(u64, f64, f
 }
 
 /// Runs (or resumes) a distillation job to `train.max_steps` and saves the student
-/// to `run_dir/model`. Under `mome launch --gpus N` (`MOME_WORLD_SIZE` > 1) it is
+/// to `out_dir/model`. Under `mome launch --gpus N` (`MOME_WORLD_SIZE` > 1) it is
 /// data parallel over NCCL (see the module docs).
 pub fn run_distill(job: &DistillJob) -> Result<DistillOutcome> {
     run_distill_inner(job, None)
@@ -352,216 +382,61 @@ pub fn run_distill_with_group(
     run_distill_inner(job, Some(group))
 }
 
-/// `group`: `None` → from the environment (after the checks); `Some(g)` → `g`.
+/// `group`: `None` → from the environment; `Some(g)` → `g`.
 fn run_distill_inner(
     job: &DistillJob,
     group: Option<Option<GroupHandle>>,
 ) -> Result<DistillOutcome> {
+    let p = &job.params;
     let world = match &group {
         Some(g) => g.as_ref().map_or(1, |g| g.world_size()),
         None => DistEnv::world_size_from_env()?,
     };
-    job.distill.validate()?;
-    job.train.validate()?;
-    job.student.validate()?;
-    if job.data.batch_size == 0 || job.eval.batch_size == 0 {
-        return Err(Error::Config("batch sizes must be > 0".into()));
-    }
-    if job.data.batch_size % world != 0 {
+    if p.data.batch_size % world != 0 {
         return Err(Error::Config(format!(
             "batch_size = {} cannot be split over {world} ranks: the global batch must be a \
              multiple of the number of ranks",
-            job.data.batch_size
+            p.data.batch_size
         )));
     }
-    let shards = ShardSet::open(&job.data.shards)?;
-    if let Some(sha) = &job.data.tokenizer_sha256 {
-        shards.check_tokenizer(sha)?;
-    }
-    let sv = job.student.vocab_size;
-    if (sv as usize) < shards.vocab_size() {
-        return Err(vocab_err(
-            format!("the shards {}", job.data.shards.display()),
-            shards.vocab_size() as i64,
-            sv,
-        ));
-    }
-    if shards.seq_len() as i64 > job.student.n_positions {
-        return Err(Error::Config(format!(
-            "the shards hold {}-token sequences but the student has {} positions",
-            shards.seq_len(),
-            job.student.n_positions
-        )));
-    }
-    job.train.precision.validate(job.device)?;
-    let teacher = prepare_teacher(job, &shards)?;
-    let eval_shards = ShardSet::open(&job.data.shards)?;
+    let shards = ShardSet::open(&p.data.shards)?;
+    let eval_shards = ShardSet::open(&p.data.shards)?;
     let has_validation = eval_shards.splits().iter().any(|s| s == "validation");
-
-    // libtorch's generator is process-global: ranks on threads of one process
-    // (dist::LocalGroup) must not interleave their seeded initialisations.
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let vs = nn::VarStore::new(job.device);
-    let mut student = {
-        let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(job.train.seed as i64);
-        Gpt2LmHeadModel::new(&vs.root(), &job.student)?
-    };
-    student.set_compute_kind(job.train.precision.compute_kind())?;
-
-    let inner = ShardBatches::new(
+    let teacher = p.teacher.load(job.device, p.train.precision)?;
+    let (vs, student) = seeded_model(&job.student, job.device, &p.train)?;
+    let kd = KdTerm::new(teacher, &p.distill, job.device);
+    let mut source = p.data.source(
         shards,
         "train",
-        SamplerConfig {
-            kind: job.data.sampler,
-            batch_size: job.data.batch_size,
-            seed: job.train.seed,
-            domains: job.data.domains.clone(),
-        },
+        p.train.seed,
+        None,
+        job.device,
+        kd.cache_hook(),
     )?;
-    let domains: Vec<String> = inner.domains().to_vec();
-    let items = Rc::new(RefCell::new(Vec::new()));
-    let mut source = TrackedBatches {
-        inner,
-        items: items.clone(),
-    };
-
     let group = match group {
         Some(g) => g,
         None => mome_core::dist::init_from_env(job.device)?.map(GroupHandle::new),
     };
-    let mut trainer = Trainer::with_group(
-        job.train.clone(),
-        &vs,
-        &job.run_dir,
-        job.resume,
-        group.clone(),
-    )?;
+    let mut trainer = Trainer::with_group(p.train.clone(), &vs, &p.out_dir, p.resume, group)?;
     let rank = trainer.rank();
-    let start_step = trainer.step();
-    let dm_path = job.run_dir.join(DISTILL_METRICS);
-    let resumed = trainer.resumed_from().is_some();
-    let mut strategy: Box<dyn WeightStrategy> = job.distill.strategy.build(job.train.max_steps)?;
-    if resumed && strategy.needs_losses() {
-        for (step, ce, kd) in strategy_history(&dm_path, start_step)? {
-            strategy.weights(step, ce, kd);
-        }
-    }
-    let mut dm = if trainer.is_primary() {
-        Some(MetricsWriter::open(
-            &dm_path,
-            resumed.then_some(start_step),
-        )?)
-    } else {
-        None
-    };
-
-    let cfg = &job.train;
-    let ga = cfg.grad_accum;
-    let is_flush_step = |s: u64| {
-        s % cfg.log_every == 0
-            || s == cfg.max_steps
-            || (cfg.checkpoint_every > 0 && s % cfg.checkpoint_every == 0)
-            || (cfg.eval_every > 0 && s % cfg.eval_every == 0)
-    };
-    let (kind, temp) = (job.distill.loss, job.distill.temperature);
-    let device = job.device;
-    let mut calls: u64 = 0;
-    let mut pending: Vec<Pending> = Vec::new();
+    let mut objective = DistillObjective::new(&student, kd);
     let student_ref = &student;
-    let mut loss_fn = |ids: &Tensor| -> mome_core::Result<Tensor> {
-        let step = start_step + calls / ga + 1;
-        let micro = calls % ga;
-        calls += 1;
-        let out = student_ref.forward(Gpt2Input::ids(ids).train(true))?;
-        let ce = causal_lm_loss(&out.logits, ids, None)?;
-        let planned =
-            (!strategy.needs_losses()).then(|| strategy.weights(step, f64::NAN, f64::NAN));
-        let need_kd = planned.is_none_or(|(_, b)| b != 0.0);
-        let kd = if need_kd {
-            let out_kd = match &teacher {
-                TeacherImpl::None => {
-                    return Err(Error::Config(
-                        "the strategy needs a KD term but no teacher is configured".into(),
-                    )
-                    .into())
-                }
-                TeacherImpl::Online { model, .. } => {
-                    let t_logits = tch::no_grad(|| model.forward(Gpt2Input::ids(ids)))?.logits;
-                    kd_loss(kind, &out.logits, Teacher::Logits(&t_logits), None, temp)?
-                }
-                TeacherImpl::Cache(cache) => {
-                    let it = items.borrow();
-                    let rows = ids.size().first().copied().unwrap_or(0).max(0) as usize;
-                    let refs: Vec<(&str, usize)> = local_items(&it, rows, group.as_ref())?
-                        .iter()
-                        .map(|r| (domains[r.domain].as_str(), r.index))
-                        .collect();
-                    let sp = cache.rows("train", &refs, device)?;
-                    kd_loss(kind, &out.logits, Teacher::TopK(&sp), None, temp)?
-                }
-            };
-            Some(out_kd.loss)
-        } else {
-            None
-        };
-        let (alpha, beta) = match planned {
-            Some(w) => w,
-            None => {
-                let kd_t = kd.as_ref().expect("adaptive strategies always compute KD");
-                // The global batch's losses: the same weights on every rank.
-                let both = Tensor::f_stack(&[ce.f_detach()?, kd_t.f_detach()?], 0)?;
-                let v = mean_to_host(&both, group.as_ref())?;
-                strategy.weights(step, v[0], v[1])
-            }
-        };
-        let loss = match &kd {
-            Some(k) if beta != 0.0 => {
-                if alpha != 0.0 {
-                    ce.f_mul_scalar(alpha)?.f_add(&k.f_mul_scalar(beta)?)?
-                } else {
-                    k.f_mul_scalar(beta)?
-                }
-            }
-            _ => ce.f_mul_scalar(alpha)?,
-        };
-        pending.push(Pending {
-            step,
-            micro,
-            alpha,
-            beta,
-            ce: ce.f_detach()?,
-            kd: kd.as_ref().map(|k| k.f_detach()).transpose()?,
-        });
-        if micro + 1 == ga && is_flush_step(step) {
-            flush(&mut pending, dm.as_mut(), group.as_ref())?;
-        }
-        Ok(loss)
-    };
-    let eval = job.eval;
-    let mut eval_fn = |_step: u64| -> mome_core::Result<serde_json::Value> {
-        let r = evaluate(
-            student_ref,
-            &eval_shards,
-            "validation",
-            eval.max_sequences,
-            eval.batch_size,
-        )?;
-        Ok(eval_json(&r))
+    let mut eval_fn = |_step: u64| -> Result<serde_json::Value> {
+        Ok(validation_metrics(student_ref, &eval_shards, &p.eval)?)
     };
     let extra = vec![
         ("config.json", job.student.to_hf_json()?.into_bytes()),
         (
             "distill.json",
             serde_json::to_vec_pretty(&serde_json::json!({
-                "distill": job.distill,
-                "teacher": job.teacher,
+                "distill": p.distill,
+                "teacher": p.teacher,
             }))?,
         ),
     ];
     let summary = trainer.run(
-        &mut source,
-        &mut loss_fn,
+        source.as_mut(),
+        &mut objective,
         if has_validation {
             Some(&mut eval_fn)
         } else {
@@ -569,17 +444,140 @@ fn run_distill_inner(
         },
         &extra,
     )?;
-    let model_dir = job.run_dir.join("model");
+    let model_dir = p.out_dir.join("model");
     if rank == 0 {
         student.save_pretrained(&model_dir)?;
     }
     Ok(DistillOutcome {
         summary,
         model_dir,
-        metrics: job.run_dir.join("metrics.jsonl"),
-        distill_metrics: dm_path,
+        metrics: p.out_dir.join("metrics.jsonl"),
+        distill_metrics: p.out_dir.join(DISTILL_METRICS),
         rank,
     })
+}
+
+/// The teacher of a [`bench_distill`] run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BenchTeacher {
+    /// A randomly initialised online teacher of this shape (bf16 under the run's
+    /// rule, [`TeacherSection::bf16_under`], unless `bf16` says otherwise).
+    Online {
+        /// The teacher's shape.
+        model: Gpt2Config,
+        /// Store and run it in bf16 (`None`: the run's precision decides).
+        bf16: Option<bool>,
+    },
+    /// A synthetic top-K cache in mome-distill's on-disk format, written to `dir`
+    /// first: `rows` sequences, `top_k` entries per position.
+    Cache {
+        /// Where the cache is written (removed afterwards).
+        dir: PathBuf,
+        /// Sequences in the cache (read round-robin).
+        rows: usize,
+        /// Entries per position.
+        top_k: usize,
+    },
+}
+
+/// What [`bench_distill`] measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistillBench {
+    /// The step's timing.
+    pub timing: BenchTiming,
+    /// Student parameters.
+    pub parameters: i64,
+    /// Online teacher parameters.
+    pub teacher_parameters: Option<i64>,
+    /// Model FLOPs per trained token (student forward + backward, plus an online
+    /// teacher's forward).
+    pub flops_per_token: f64,
+    /// The KD settings in effect (`kd_chunk` resolved; 0 = unchunked).
+    pub distill: DistillSettings,
+    /// Whether an online teacher ran in bf16.
+    pub teacher_bf16: bool,
+}
+
+/// Times [`run_distill`]'s step (same student, [`KdTerm`], objective and trainer
+/// step, the cache read ahead by the same batch source) on random tokens of
+/// `seq_len`, with the teacher of `teacher`. `job` is checked without a teacher
+/// ([`DistillParams::check_shape`] with `with_teacher = false`).
+pub fn bench_distill(
+    job: &DistillJob,
+    teacher: &BenchTeacher,
+    seq_len: usize,
+    opts: &BenchOptions,
+) -> Result<DistillBench> {
+    let p = &job.params;
+    let device = job.device;
+    let (teacher_model, rows, cache_dir) = match teacher {
+        BenchTeacher::Online { model, bf16 } => {
+            check_fits(
+                model,
+                job.student.vocab_size as usize,
+                seq_len,
+                "the teacher",
+            )?;
+            let (tvs, tm) = seeded_model(model, device, &TrainConfig::new(1, 1e-3))?;
+            let bf16 = bf16.unwrap_or(p.train.precision == Precision::Bf16);
+            (TeacherModel::online(tvs, tm, bf16)?, 1, None)
+        }
+        BenchTeacher::Cache { dir, rows, top_k } => {
+            let cache = crate::cache::synthetic_cache(
+                dir,
+                *rows,
+                seq_len,
+                *top_k,
+                job.student.vocab_size as usize,
+                p.distill.temperature,
+            )?;
+            (
+                TeacherModel::Cache {
+                    cache: Arc::new(cache),
+                    split: "train".into(),
+                },
+                (*rows).max(1),
+                Some(dir.clone()),
+            )
+        }
+    };
+    let result = (|| {
+        let teacher_parameters = teacher_model.parameters();
+        let teacher_flops = teacher_model.forward_flops_per_token(seq_len as i64);
+        let teacher_bf16 = teacher_model.is_bf16();
+        let (vs, student) = seeded_model(&job.student, device, &p.train)?;
+        let kd = KdTerm::new(teacher_model, &p.distill, device);
+        let mut distill = p.distill.clone();
+        distill.kd_chunk = Some(kd.chunk().unwrap_or(0) as usize);
+        let mut source = prefetched(
+            RandomBatches::new(
+                job.student.vocab_size,
+                p.data.batch_size,
+                seq_len,
+                rows,
+                vec![crate::cache::SYNTHETIC_DOMAIN.to_string()],
+                p.train.seed,
+            )?,
+            p.data.prefetch,
+            device,
+            kd.cache_hook(),
+        );
+        let mut trainer = Trainer::detached(p.train.clone(), &vs)?;
+        let mut objective = DistillObjective::new(&student, kd);
+        let timing = trainer.bench(source.as_mut(), &mut objective, opts)?;
+        Ok(DistillBench {
+            timing,
+            parameters: student.param_count().total,
+            teacher_parameters,
+            flops_per_token: student.train_flops_per_token(seq_len as i64) + teacher_flops,
+            distill,
+            teacher_bf16,
+        })
+    })();
+    if let Some(dir) = cache_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
 }
 
 /// The final validation figures of a finished run folder: `domain -> loss` plus

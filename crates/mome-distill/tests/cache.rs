@@ -7,8 +7,8 @@ use common::*;
 use mome_data::shards::ShardSet;
 use mome_distill::losses::{kd_loss, KdLoss, Teacher};
 use mome_distill::{
-    build_cache, run_distill, CacheBuildOptions, DistillSettings, Error, StrategyConfig,
-    TeacherCache, TeacherSection, ValueDtype,
+    build_cache, CacheBuildOptions, DistillSettings, Error, StrategyConfig, TeacherCache,
+    TeacherSection, ValueDtype,
 };
 use mome_experts::{Gpt2Input, Gpt2LmHeadModel};
 use tch::{Device, Kind, Tensor};
@@ -104,6 +104,7 @@ fn cache_round_trip_equivalence_and_mismatches() {
     // Distillation reads the cache (and stays close to the online run with K = V).
     let student = model(1, 16, 2);
     let settings = DistillSettings {
+        kd_chunk: None,
         loss: KdLoss::ForwardKl,
         temperature: temp,
         strategy: StrategyConfig::Fixed { alpha: 0.5 },
@@ -119,7 +120,7 @@ fn cache_round_trip_equivalence_and_mismatches() {
             4,
         )
     };
-    let on = run_distill(&mk(
+    let on = common::run(&mk(
         "online",
         TeacherSection {
             dir: Some(teacher.clone()),
@@ -127,7 +128,7 @@ fn cache_round_trip_equivalence_and_mismatches() {
         },
     ))
     .unwrap();
-    let off = run_distill(&mk(
+    let off = common::run(&mk(
         "offline",
         TeacherSection {
             cache: Some(full.clone()),
@@ -156,7 +157,7 @@ fn cache_round_trip_equivalence_and_mismatches() {
         settings.clone(),
         4,
     );
-    let e = run_distill(&j).unwrap_err();
+    let e = common::run(&j).unwrap_err();
     assert!(matches!(e, Error::CacheMismatch { .. }), "{e}");
     assert!(!root.path().join("bad1").exists());
     // Cache of another teacher.
@@ -174,7 +175,7 @@ fn cache_round_trip_equivalence_and_mismatches() {
         settings.clone(),
         4,
     );
-    let e = run_distill(&j).unwrap_err();
+    let e = common::run(&j).unwrap_err();
     assert!(matches!(e, Error::CacheMismatch { .. }), "{e}");
     // Another temperature.
     let mut s1 = settings.clone();
@@ -192,7 +193,7 @@ fn cache_round_trip_equivalence_and_mismatches() {
         4,
     );
     assert!(matches!(
-        run_distill(&j).unwrap_err(),
+        common::run(&j).unwrap_err(),
         Error::CacheMismatch { .. }
     ));
     // Not a cache.

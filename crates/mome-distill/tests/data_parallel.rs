@@ -12,7 +12,7 @@ use common::*;
 use mome_core::dist::{GroupHandle, LocalGroup};
 use mome_core::metrics::read_metrics;
 use mome_distill::{
-    build_cache, run_distill_with_group, CacheBuildOptions, DistillJob, DistillSettings, KdLoss,
+    build_cache, run_distill_with_group, CacheBuildOptions, DistillParams, DistillSettings, KdLoss,
     StrategyConfig, TeacherSection, ValueDtype, DISTILL_METRICS,
 };
 use mome_experts::Gpt2LmHeadModel;
@@ -30,13 +30,17 @@ fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
 }
 
 /// Runs `job` as `world` ranks on threads; returns each rank's (rank, tokens seen).
-fn run_ranks(job: &DistillJob, world: usize) -> Vec<(usize, u64)> {
+fn run_ranks(job: &DistillParams, world: usize) -> Vec<(usize, u64)> {
     let handles: Vec<_> = LocalGroup::new(world)
         .into_iter()
         .map(|g| {
             let job = job.clone();
             std::thread::spawn(move || {
-                let o = run_distill_with_group(&job, Some(GroupHandle::new(Box::new(g)))).unwrap();
+                let o = run_distill_with_group(
+                    &job.check().unwrap(),
+                    Some(GroupHandle::new(Box::new(g))),
+                )
+                .unwrap();
                 (o.rank, o.summary.tokens_seen)
             })
         })
@@ -76,7 +80,7 @@ fn dp_job(
     shards: &Path,
     teacher: TeacherSection,
     s: StrategyConfig,
-) -> DistillJob {
+) -> DistillParams {
     let mut t = train_cfg(10, 5e-3, 3);
     t.checkpoint_every = 5;
     job(
@@ -86,6 +90,7 @@ fn dp_job(
         teacher,
         t,
         DistillSettings {
+            kd_chunk: None,
             loss: KdLoss::ForwardKl,
             temperature: 2.0,
             strategy: s,
@@ -146,7 +151,7 @@ fn two_ranks_distil_like_one_process() {
             teacher.clone(),
             strategy.clone(),
         );
-        let tokens = run_distill_with_group(&single, None)
+        let tokens = run_distill_with_group(&single.check().unwrap(), None)
             .unwrap()
             .summary
             .tokens_seen;
@@ -160,10 +165,10 @@ fn two_ranks_distil_like_one_process() {
         );
         // Each rank reads its 4 rows of the shards; the token counts are global.
         assert_eq!(run_ranks(&dp, 2), vec![(0, tokens), (1, tokens)]);
-        compare(&single.run_dir, &dp.run_dir, 10);
+        compare(&single.out_dir, &dp.out_dir, 10);
         // Rank 0 alone wrote checkpoints and the model.
         assert_eq!(
-            std::fs::read_dir(dp.run_dir.join("checkpoints"))
+            std::fs::read_dir(dp.out_dir.join("checkpoints"))
                 .unwrap()
                 .count(),
             2
@@ -181,12 +186,12 @@ fn two_ranks_distil_like_one_process() {
         },
         adaptive,
     );
-    let full = distill_lines(&dp.run_dir);
-    std::fs::remove_dir_all(dp.run_dir.join("checkpoints").join("step-00000010")).unwrap();
+    let full = distill_lines(&dp.out_dir);
+    std::fs::remove_dir_all(dp.out_dir.join("checkpoints").join("step-00000010")).unwrap();
     let mut resumed = dp.clone();
     resumed.resume = true;
     run_ranks(&resumed, 2);
-    let again = distill_lines(&dp.run_dir);
+    let again = distill_lines(&dp.out_dir);
     assert_eq!(again.len(), 10);
     for (x, y) in full.iter().zip(&again) {
         for k in ["alpha", "beta", "ce", "kd"] {
@@ -212,7 +217,7 @@ fn two_ranks_distil_like_one_process() {
         .map(|g| {
             let job = odd.clone();
             std::thread::spawn(move || {
-                run_distill_with_group(&job, Some(GroupHandle::new(Box::new(g))))
+                run_distill_with_group(&job.check().unwrap(), Some(GroupHandle::new(Box::new(g))))
                     .unwrap_err()
                     .to_string()
             })

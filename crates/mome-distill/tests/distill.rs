@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use mome_core::metrics::read_metrics;
 use mome_distill::{
-    final_validation, run_distill, DistillSettings, Error, KdLoss, StrategyConfig, TeacherSection,
+    final_validation, DistillSettings, Error, KdLoss, StrategyConfig, TeacherSection,
     DISTILL_METRICS,
 };
 
@@ -31,13 +31,14 @@ fn distilled_student_beats_ce_only_and_bad_inputs_are_typed_errors() {
             },
             train_cfg(steps, 1e-2, 3),
             DistillSettings {
+                kd_chunk: None,
                 loss,
                 temperature: 1.0,
                 strategy,
             },
             8,
         );
-        run_distill(&j).unwrap();
+        common::run(&j).unwrap();
         final_validation(&root.path().join(name)).unwrap()["all"]
     };
     let ce = run(
@@ -104,7 +105,7 @@ fn distilled_student_beats_ce_only_and_bad_inputs_are_typed_errors() {
         DistillSettings::default(),
         8,
     );
-    let e = run_distill(&j).unwrap_err();
+    let e = common::run(&j).unwrap_err();
     assert!(matches!(e, Error::VocabMismatch { .. }), "{e}");
     assert!(!bad.exists(), "no step may run");
 
@@ -121,19 +122,24 @@ fn distilled_student_beats_ce_only_and_bad_inputs_are_typed_errors() {
         DistillSettings::default(),
         8,
     );
-    let e = run_distill(&j).unwrap_err();
+    let e = common::run(&j).unwrap_err();
     assert!(matches!(e, Error::MissingTeacher { .. }), "{e}");
     // No teacher at all with a KD strategy.
     let mut j2 = j.clone();
     j2.teacher = TeacherSection::default();
-    assert!(matches!(run_distill(&j2).unwrap_err(), Error::Config(_)));
+    assert!(matches!(common::run(&j2).unwrap_err(), Error::Config(_)));
     // Tokenizer of another hash.
     let mut j3 = j.clone();
     j3.teacher.dir = Some(teacher.clone());
-    j3.data.tokenizer_sha256 = Some("2".repeat(64));
-    let e = run_distill(&j3).unwrap_err();
+    j3.data.tokenizer = Some(common::other_tokenizer());
+    let e = common::run(&j3).unwrap_err();
     assert!(
-        matches!(e, Error::Data(mome_data::Error::TokenizerMismatch { .. })),
+        matches!(
+            e,
+            Error::Core(mome_core::Error::Data(
+                mome_data::Error::TokenizerMismatch { .. }
+            ))
+        ),
         "{e}"
     );
 }
@@ -158,6 +164,7 @@ fn adaptive_run_resumes_exactly() {
             },
             t,
             DistillSettings {
+                kd_chunk: None,
                 loss: KdLoss::ForwardKl,
                 temperature: 2.0,
                 strategy: StrategyConfig::Adaptive {
@@ -171,13 +178,13 @@ fn adaptive_run_resumes_exactly() {
         j
     };
     // Uninterrupted run.
-    run_distill(&mk("full", false)).unwrap();
+    common::run(&mk("full", false)).unwrap();
     // An interrupted run: the same run with its step-8 checkpoint removed, so that
     // resuming starts from step 4 with distill_metrics lines 5..8 to be cut back.
     let part = root.path().join("part");
-    run_distill(&mk("part", false)).unwrap();
+    common::run(&mk("part", false)).unwrap();
     std::fs::remove_dir_all(part.join("checkpoints").join("step-00000008")).unwrap();
-    run_distill(&mk("part", true)).unwrap();
+    common::run(&mk("part", true)).unwrap();
     let a = read_metrics(&root.path().join("full").join(DISTILL_METRICS)).unwrap();
     let b = read_metrics(&part.join(DISTILL_METRICS)).unwrap();
     assert_eq!(a.len(), 8);
@@ -185,4 +192,46 @@ fn adaptive_run_resumes_exactly() {
         a, b,
         "resumed adaptive run must log the same alpha/beta/CE/KD"
     );
+}
+
+/// A frozen online teacher follows the run's precision: bf16 under a bf16 run
+/// (unless `bf16 = false` says otherwise), fp32 under an fp32 run.
+#[test]
+fn the_frozen_teacher_follows_the_run_precision() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let m = mome_experts::Gpt2LmHeadModel::new(&vs.root(), &model(1, 16, 2)).unwrap();
+    let dir = tmp.path().join("teacher");
+    m.save_pretrained(&dir).unwrap();
+    let section = |bf16| TeacherSection {
+        dir: Some(dir.clone()),
+        cache: None,
+        bf16,
+    };
+    use mome_core::Precision::{Bf16, Fp32};
+    for (bf16, precision, want) in [
+        (None, Bf16, true),
+        (None, Fp32, false),
+        (Some(false), Bf16, false),
+        (Some(true), Fp32, true),
+    ] {
+        let t = section(bf16).load(tch::Device::Cpu, precision).unwrap();
+        assert_eq!(t.is_bf16(), want, "bf16 = {bf16:?} under {precision:?}");
+        assert_eq!(section(bf16).bf16_under(precision), want);
+        let mome_distill::TeacherModel::Online { vs, .. } = &t else {
+            panic!("an online teacher")
+        };
+        let kinds: Vec<tch::Kind> = vs.variables().values().map(|v| v.kind()).collect();
+        let expect = if want {
+            tch::Kind::BFloat16
+        } else {
+            tch::Kind::Float
+        };
+        assert!(kinds.iter().all(|k| *k == expect), "{kinds:?}");
+        assert!(
+            vs.variables().values().all(|v| !v.requires_grad()),
+            "the teacher is frozen"
+        );
+    }
 }

@@ -71,14 +71,5 @@ impl Error {
 }
 
 /// Lets model code run inside mome-core's training callbacks with `?`.
-impl From<Error> for mome_core::Error {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Core(inner) => inner,
-            other => mome_core::Error::External(Box::new(other)),
-        }
-    }
-}
-
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, Error>;

@@ -6,13 +6,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use mome_data::shards::ShardSet;
-use serde::Serialize;
-use tch::{Kind, Tensor};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
 
 use crate::{causal_lm_loss_sum, Error, Gpt2Input, Gpt2LmHeadModel, Result};
 
 /// Per-domain evaluation figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DomainEval {
     /// Mean next-token cross-entropy (nats per token).
     pub loss: f64,
@@ -25,7 +25,7 @@ pub struct DomainEval {
 }
 
 /// What `mome eval` prints.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
     /// The split evaluated.
     pub split: String,
@@ -43,48 +43,77 @@ pub struct EvalReport {
     pub tokens_per_second: f64,
 }
 
-/// Evaluates `model` on every domain of `split` (no gradients, eval mode); at most
-/// `max_sequences` per domain (0 = all), `batch_size` sequences per forward pass.
-pub fn evaluate(
-    model: &Gpt2LmHeadModel,
+/// One forward pass of [`eval_shards`]: `[b, T]` token ids on the device, their
+/// domain, and the index of the first sequence within the domain.
+#[derive(Debug)]
+pub struct EvalBatch<'a> {
+    /// Token ids `[b, T]`, i64, on the evaluation device.
+    pub ids: &'a Tensor,
+    /// The domain of every sequence of the batch.
+    pub domain: &'a str,
+    /// The first sequence's index within `domain`.
+    pub start: usize,
+}
+
+/// The callback of [`eval_shards`]: a batch → (summed loss, counted targets).
+pub type BatchLossSum<'a, E> =
+    dyn FnMut(&EvalBatch<'_>) -> std::result::Result<(Tensor, i64), E> + 'a;
+
+/// The one shard-evaluation loop (LM evaluation, the MoE grid, the forgetting
+/// study): every domain of `split`, at most `max_sequences` per domain (0 = all),
+/// `batch_size` sequences per call of `loss_sum`, which returns the summed next-token
+/// loss of the batch and its number of target tokens. No gradients; one host read
+/// per domain.
+pub fn eval_shards<E: From<Error>>(
     shards: &ShardSet,
     split: &str,
     max_sequences: usize,
     batch_size: usize,
-) -> Result<EvalReport> {
+    device: Device,
+    loss_sum: &mut BatchLossSum<'_, E>,
+) -> std::result::Result<EvalReport, E> {
     if batch_size == 0 {
-        return Err(Error::Config("evaluation batch_size must be > 0".into()));
+        return Err(Error::Config("evaluation batch_size must be > 0".into()).into());
     }
     let started = Instant::now();
     let seq_len = shards.seq_len();
-    let device = model.device();
     let mut domains = BTreeMap::new();
     let (mut all_sum, mut all_tokens) = (0f64, 0i64);
     let _guard = tch::no_grad_guard();
-    for domain in shards.domains(split)? {
-        let reader = shards.reader(split, &domain)?;
+    for domain in shards.domains(split).map_err(Error::from)? {
+        let reader = shards.reader(split, &domain).map_err(Error::from)?;
         let n = match max_sequences {
             0 => reader.len(),
             m => m.min(reader.len()),
         };
-        let (mut sum, mut tokens) = (Tensor::zeros([], (Kind::Double, device)), 0i64);
+        let zero = Tensor::f_zeros([], (Kind::Double, device)).map_err(Error::from)?;
+        let (mut sum, mut tokens) = (zero, 0i64);
         let mut buf = vec![0i64; batch_size * seq_len];
         let mut start = 0;
         while start < n {
             let b = batch_size.min(n - start);
             for i in 0..b {
-                reader.read_into_i64(start + i, &mut buf[i * seq_len..(i + 1) * seq_len])?;
+                reader
+                    .read_into_i64(start + i, &mut buf[i * seq_len..(i + 1) * seq_len])
+                    .map_err(Error::from)?;
             }
-            let ids = Tensor::from_slice(&buf[..b * seq_len])
-                .view([b as i64, seq_len as i64])
-                .to_device(device);
-            let out = model.forward(Gpt2Input::ids(&ids))?;
-            let (s, c) = causal_lm_loss_sum(&out.logits, &ids, None)?;
-            sum += s.to_kind(Kind::Double);
+            let ids = Tensor::f_from_slice(&buf[..b * seq_len])
+                .and_then(|t| t.f_view([b as i64, seq_len as i64]))
+                .and_then(|t| t.f_to_device(device))
+                .map_err(Error::from)?;
+            let (s, c) = loss_sum(&EvalBatch {
+                ids: &ids,
+                domain: &domain,
+                start,
+            })?;
+            sum = s
+                .f_to_kind(Kind::Double)
+                .and_then(|s| sum.f_add(&s))
+                .map_err(Error::from)?;
             tokens += c;
             start += b;
         }
-        let sum = sum.double_value(&[]);
+        let sum = sum.f_double_value(&[]).map_err(Error::from)?;
         let loss = sum / tokens.max(1) as f64;
         all_sum += sum;
         all_tokens += tokens;
@@ -111,6 +140,42 @@ pub fn evaluate(
     })
 }
 
+/// Evaluates `model` on every domain of `split` (no gradients, eval mode); at most
+/// `max_sequences` per domain (0 = all), `batch_size` sequences per forward pass.
+pub fn evaluate(
+    model: &Gpt2LmHeadModel,
+    shards: &ShardSet,
+    split: &str,
+    max_sequences: usize,
+    batch_size: usize,
+) -> Result<EvalReport> {
+    eval_shards(
+        shards,
+        split,
+        max_sequences,
+        batch_size,
+        model.device(),
+        &mut |b: &EvalBatch<'_>| -> Result<(Tensor, i64)> {
+            let out = model.forward_compute_logits(Gpt2Input::ids(b.ids))?;
+            causal_lm_loss_sum(&out.logits, b.ids, None)
+        },
+    )
+}
+
+impl EvalReport {
+    /// The eval line of `metrics.jsonl`: `val_loss`, `val_ppl`, `val_loss_<d>`,
+    /// `val_ppl_<d>`.
+    pub fn metrics_json(&self) -> serde_json::Value {
+        let mut v =
+            serde_json::json!({"val_loss": self.mean_loss, "val_ppl": self.mean_perplexity});
+        for (d, e) in &self.domains {
+            v[format!("val_loss_{d}")] = serde_json::json!(e.loss);
+            v[format!("val_ppl_{d}")] = serde_json::json!(e.perplexity);
+        }
+        v
+    }
+}
+
 /// Opens shards and checks that `model` can read them (vocabulary and context length).
 pub fn open_shards_for(model: &Gpt2LmHeadModel, path: &Path) -> Result<ShardSet> {
     let shards = ShardSet::open(path)?;
@@ -124,4 +189,38 @@ pub fn open_shards_for(model: &Gpt2LmHeadModel, path: &Path) -> Result<ShardSet>
         )));
     }
     Ok(shards)
+}
+
+/// The eval callback of a training job: `model` on the `validation` split of
+/// `shards` with `eval`'s sizes, as the eval line of `metrics.jsonl`
+/// ([`EvalReport::metrics_json`]).
+pub fn validation_metrics(
+    model: &Gpt2LmHeadModel,
+    shards: &ShardSet,
+    eval: &mome_core::job::EvalParams,
+) -> Result<serde_json::Value> {
+    let r = evaluate(
+        model,
+        shards,
+        "validation",
+        eval.max_sequences,
+        eval.batch_size,
+    )?;
+    Ok(r.metrics_json())
+}
+
+/// Loads the model folder `model_dir` (`config.json` + `model.safetensors`) on
+/// `device` and [`evaluate`]s it on `split` of the shards at `shards` (checked with
+/// [`open_shards_for`]): the library side of `mome eval`.
+pub fn evaluate_dir(
+    model_dir: &Path,
+    shards: &Path,
+    split: &str,
+    max_sequences: usize,
+    batch_size: usize,
+    device: Device,
+) -> Result<EvalReport> {
+    let (_vs, model) = Gpt2LmHeadModel::from_pretrained(model_dir, device)?;
+    let shards = open_shards_for(&model, shards)?;
+    evaluate(&model, &shards, split, max_sequences, batch_size)
 }

@@ -4,6 +4,9 @@
 //!   expert: blocks + `ln_f` fed hidden states), [`Gpt2Model`], [`Gpt2LmHeadModel`],
 //!   the causal LM loss, HF-compatible `save_pretrained` / `from_pretrained`.
 //! - [`generate`](mod@generate): batched generation with a [`KvCache`].
+//! - [`eval`]: the one shard-evaluation loop and per-domain LM evaluation.
+//! - [`train`]: the LM training job of `mome train` ([`LmParams`] → [`LmJob`] →
+//!   [`train_lm`]) and its benchmark on the same step ([`bench_lm`]).
 //!
 //! See `docs/experts.md`.
 //!
@@ -33,10 +36,13 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod gpt2;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use generate::{generate, GenerationConfig, KvCache};
 pub use gpt2::{
     causal_lm_loss, causal_lm_loss_sum, Activation, Gpt2Block, Gpt2Config, Gpt2Input,
-    Gpt2LmHeadModel, Gpt2Model, Gpt2ModelOutput, Gpt2Output, Gpt2Stack, ParamCount, StackOutput,
+    Gpt2LmHeadModel, Gpt2Model, Gpt2ModelOutput, Gpt2Output, Gpt2Stack, ModelSpec, ParamCount,
+    Preset, StackOutput,
 };
+pub use train::{bench_lm, train_lm, LmJob, LmObjective, LmParams, LmSummary};

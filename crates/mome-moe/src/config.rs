@@ -22,6 +22,7 @@ pub enum Arch {
     /// trained jointly on single-domain batches.
     Jeet,
     /// JEET plus a common expert trained on every batch.
+    #[serde(alias = "moe_ce")]
     MoeCe,
 }
 

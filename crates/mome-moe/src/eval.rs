@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Instant;
 
 use mome_data::shards::ShardSet;
+use mome_experts::eval::EvalBatch;
 use serde::Serialize;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::config::{Setting, UsedExperts};
 use crate::error::{Error, Result};
@@ -240,72 +240,44 @@ pub fn evaluate_settings(
                 continue;
             }
         };
-        let started = Instant::now();
-        let mut per_domain = BTreeMap::new();
-        let (mut all_sum, mut all_tokens) = (0f64, 0i64);
         let mut active_parameters = 0i64;
         let mut usage: BTreeMap<String, usize> = BTreeMap::new();
-        for domain in &domains {
-            let label = cfg.domain_index(domain).expect("checked");
-            let reader = shards.reader(split, domain)?;
-            let count = match max_sequences {
-                0 => reader.len(),
-                m => m.min(reader.len()),
-            };
-            let mut sum = Tensor::zeros([], (Kind::Double, device));
-            let mut tokens = 0i64;
-            let mut buf = vec![0i64; batch_size * seq_len];
-            let mut start = 0;
-            while start < count {
-                let b = batch_size.min(count - start);
-                for i in 0..b {
-                    reader.read_into_i64(start + i, &mut buf[i * seq_len..(i + 1) * seq_len])?;
-                }
-                let ids = Tensor::from_slice(&buf[..b * seq_len])
-                    .view([b as i64, seq_len as i64])
-                    .to_device(device);
-                let choices = match routed.get(domain) {
-                    Some(c) => c[start..start + b].to_vec(),
-                    None => vec![ExpertChoice::label(label, n); b],
+        let r = mome_experts::eval::eval_shards(
+            shards,
+            split,
+            max_sequences,
+            batch_size,
+            device,
+            &mut |b: &EvalBatch<'_>| -> Result<(Tensor, i64)> {
+                let rows = b.ids.size()[0] as usize;
+                let label = cfg
+                    .domain_index(b.domain)
+                    .ok_or_else(|| Error::Routing(format!("domain {} has no expert", b.domain)))?;
+                let choices = match routed.get(b.domain) {
+                    Some(c) => c[b.start..b.start + rows].to_vec(),
+                    None => vec![ExpertChoice::label(label, n); rows],
                 };
-                let o = model.forward_resolved(&ids, &choices, &setting, false)?;
+                let o = model.forward_resolved(b.ids, &choices, &setting, false)?;
                 for a in &o.active {
                     active_parameters = active_parameters.max(model.active_parameters(a)?);
                     for id in a {
                         *usage.entry(model.expert_name(*id).to_string()).or_default() += 1;
                     }
                 }
-                let (s, c) = mome_experts::causal_lm_loss_sum(&o.logits, &ids, None)?;
-                sum += s.to_kind(Kind::Double);
-                tokens += c;
-                start += b;
-            }
-            let sum = sum.double_value(&[]);
-            let loss = sum / tokens.max(1) as f64;
-            all_sum += sum;
-            all_tokens += tokens;
-            per_domain.insert(
-                domain.clone(),
-                DomainEval {
-                    loss,
-                    perplexity: loss.exp(),
-                    tokens,
-                    sequences: count,
-                },
-            );
-        }
-        let seconds = started.elapsed().as_secs_f64();
+                Ok(mome_experts::causal_lm_loss_sum(&o.logits, b.ids, None)?)
+            },
+        )?;
         out.push(SettingEval {
             index: index + 1,
             setting: s.clone(),
             skipped: None,
-            domains: per_domain,
-            mean_loss: all_sum / all_tokens.max(1) as f64,
+            domains: r.domains,
+            mean_loss: r.mean_loss,
             active_parameters,
             expert_sequences: usage,
             routing_accuracy: routing_eval.as_ref().map(|r| r.accuracy),
-            tokens_per_second: all_tokens as f64 / seconds.max(1e-9),
-            seconds,
+            tokens_per_second: r.tokens_per_second,
+            seconds: r.seconds,
         });
     }
     Ok(EvalReport {
@@ -415,5 +387,56 @@ impl EvalReport {
             }
         }
         md
+    }
+}
+
+/// Evaluates the MoE folder `model_dir` on `shards` (see [`evaluate_settings`]),
+/// routing with the router file `router` when given (checked against the model's
+/// domains and the shards' tokenizer before the model is loaded): the library side
+/// of `mome moe eval` and of the pipeline's `grid` stage.
+pub fn evaluate_dir(
+    model_dir: &std::path::Path,
+    shards: &std::path::Path,
+    settings: &[Setting],
+    opts: &EvalOptions,
+    router: Option<&std::path::Path>,
+    device: tch::Device,
+) -> Result<EvalReport> {
+    let router = match router {
+        Some(p) => {
+            let r = mome_router::Router::load(p)?;
+            let cfg_path = model_dir.join(crate::io::CONFIG_FILE);
+            let cfg: crate::config::MoeConfig = serde_json::from_slice(
+                &std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?,
+            )?;
+            crate::routing::check_router_classes(r.classes(), &cfg)?;
+            Some(r)
+        }
+        None => None,
+    };
+    let (_vs, model) = MoeModel::load(model_dir, device)?;
+    let shards = ShardSet::open(shards)?;
+    if let Some(want) = router.as_ref().and_then(|r| r.tokenizer_sha256()) {
+        shards.check_tokenizer(want)?;
+    }
+    evaluate_settings(
+        &model,
+        &shards,
+        settings,
+        opts,
+        router.as_ref().map(|r| r as &dyn SequenceRouter),
+    )
+}
+
+impl EvalReport {
+    /// Writes `report.json` and `report.md` into `dir`, each atomically.
+    pub fn write(&self, dir: &std::path::Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        mome_data::fsutil::write_atomic(
+            &dir.join("report.json"),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )?;
+        mome_data::fsutil::write_atomic(&dir.join("report.md"), self.to_markdown().as_bytes())?;
+        Ok(())
     }
 }

@@ -25,15 +25,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mome_core::data::ShardBatches;
+use mome_core::job::EvalParams;
 use mome_core::metrics::read_metrics;
-use mome_core::trainer::{BatchSource, TrainConfig, Trainer};
-use mome_data::fsutil::{write_atomic, write_atomic_with, write_json_atomic};
+use mome_core::trainer::{Batch, BatchSource, MapErr, TrainConfig, Trainer};
+use mome_core::{DeviceSpec, ParamGuard};
+use mome_data::fsutil::{write_atomic, write_json_atomic};
 use mome_data::sampler::{SamplerConfig, SamplerKind};
 use mome_data::shards::ShardSet;
 use mome_experts::eval::evaluate;
-use mome_experts::{causal_lm_loss, Gpt2Config, Gpt2Input, Gpt2LmHeadModel};
+use mome_experts::train::seeded_model;
+use mome_experts::{Gpt2Config, Gpt2LmHeadModel, LmObjective, ModelSpec};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device};
 
 use crate::config::{Arch, MoeConfig, Setting};
 use crate::error::{Error, Result};
@@ -80,11 +83,14 @@ impl Regime {
     }
 }
 
-/// Everything the experiment needs (the CLI builds it from a TOML config).
+/// Everything the experiment needs: a checked [`ForgettingParams`] (or built by
+/// hand).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForgettingJob {
     /// Output folder.
     pub out_dir: PathBuf,
+    /// Where every regime trains.
+    pub device: DeviceSpec,
     /// Shard folder (train and validation splits).
     pub shards: PathBuf,
     /// sha256 of the tokenizer, checked against the shards when given.
@@ -109,6 +115,123 @@ pub struct ForgettingJob {
     pub moe_arch: Arch,
     /// The regimes to run (default all three).
     pub regimes: Vec<Regime>,
+}
+
+/// `[data]` of a forgetting config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgettingData {
+    /// Shard folder made by `mome data encode`.
+    pub shards: PathBuf,
+    /// Optional `tokenizer.json`, checked against the shards' tokenizer hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
+    /// Sequences per batch (a multiple of the number of domains).
+    pub batch_size: usize,
+}
+
+fn default_evals() -> u64 {
+    4
+}
+fn default_arch() -> Arch {
+    Arch::Jeet
+}
+fn default_regimes() -> Vec<Regime> {
+    Regime::ALL.to_vec()
+}
+
+/// `[forgetting]`: what is compared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgettingSection {
+    /// Domains in sequential order (empty: the shards' domains, sorted).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Evaluations per sequential phase (default 4).
+    #[serde(default = "default_evals")]
+    pub evals_per_phase: u64,
+    /// MoE regime architecture: `jeet` (default) or `moe-ce`.
+    #[serde(default = "default_arch")]
+    pub moe_arch: Arch,
+    /// Regimes to run (default sequential, balanced, moe).
+    #[serde(default = "default_regimes")]
+    pub regimes: Vec<Regime>,
+}
+
+impl Default for ForgettingSection {
+    fn default() -> Self {
+        Self {
+            domains: Vec::new(),
+            evals_per_phase: default_evals(),
+            moe_arch: default_arch(),
+            regimes: default_regimes(),
+        }
+    }
+}
+
+/// The `mome experiment forgetting` config file (unchecked).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgettingParams {
+    /// Output folder.
+    pub out_dir: PathBuf,
+    /// `auto` | `cpu` | `cuda` | `cuda:N`.
+    #[serde(default)]
+    pub device: DeviceSpec,
+    /// Shards and batch size.
+    pub data: ForgettingData,
+    /// Validation at every evaluation.
+    #[serde(default)]
+    pub eval: EvalParams,
+    /// The student shape (also every MoE expert's).
+    pub student: ModelSpec,
+    /// What is compared.
+    #[serde(default)]
+    pub forgetting: ForgettingSection,
+    /// Optimizer, schedule, precision, seed; `max_steps` is every regime's budget.
+    pub train: TrainConfig,
+}
+
+impl ParamGuard for ForgettingParams {
+    type Checked = ForgettingJob;
+    type Error = Error;
+    /// Opens the shards (checked against the tokenizer), resolves the student and
+    /// plans the phases: every check of the experiment before any work.
+    fn check(&self) -> Result<ForgettingJob> {
+        if let Some(env) = mome_core::dist::DistEnv::from_env()? {
+            return Err(Error::Config(format!(
+                "MOME_WORLD_SIZE = {}: `mome experiment forgetting` runs one process (its \
+                 regimes are independent runs: spread several studies with `mome launch --jobs FILE`)",
+                env.world_size
+            )));
+        }
+        self.train.validate()?;
+        self.eval.validate()?;
+        let device = self.device.resolve()?;
+        self.train.precision.validate(device)?;
+        let shards = ShardSet::open(&self.data.shards)?;
+        let tokenizer_sha256 = match &self.data.tokenizer {
+            Some(t) => Some(mome_data::tokenizer::load_tokenizer(t)?.1),
+            None => None,
+        };
+        let job = ForgettingJob {
+            out_dir: self.out_dir.clone(),
+            device: self.device,
+            shards: self.data.shards.clone(),
+            tokenizer_sha256,
+            domains: self.forgetting.domains.clone(),
+            student: self.student.resolve(shards.vocab_size())?,
+            batch_size: self.data.batch_size,
+            train: self.train.clone(),
+            evals_per_phase: self.forgetting.evals_per_phase,
+            eval_max_sequences: self.eval.max_sequences,
+            eval_batch_size: self.eval.batch_size,
+            moe_arch: self.forgetting.moe_arch,
+            regimes: self.forgetting.regimes.clone(),
+        };
+        plan(&job)?;
+        Ok(job)
+    }
 }
 
 /// Validation losses at one step.
@@ -209,7 +332,7 @@ struct PhasedSource {
 }
 
 impl BatchSource for PhasedSource {
-    fn next_batch(&mut self) -> mome_core::Result<Tensor> {
+    fn next_batch(&mut self) -> mome_core::Result<Batch> {
         let phase = ((self.calls / self.grad_accum) / self.steps_per_phase) as usize;
         let phase = phase.min(self.phases.len() - 1);
         self.calls += 1;
@@ -416,10 +539,7 @@ fn run_gpt2(
     device: Device,
 ) -> Result<RegimeResult> {
     let cfg = train_cfg(job, plan);
-    tch::manual_seed(cfg.seed as i64);
-    let vs = nn::VarStore::new(device);
-    let mut model = Gpt2LmHeadModel::new(&vs.root(), &job.student)?;
-    model.set_compute_kind(cfg.precision.compute_kind())?;
+    let (vs, model) = seeded_model(&job.student, device, &cfg)?;
     let eval_shards = ShardSet::open(&job.shards)?;
     let (emax, ebs) = (job.eval_max_sequences, job.eval_batch_size);
     let eval_model = |m: &Gpt2LmHeadModel| -> Result<serde_json::Value> {
@@ -476,15 +596,10 @@ fn run_gpt2(
     };
     let mut trainer = Trainer::new(cfg.clone(), &vs, run_dir, true)?;
     let model_ref = &model;
-    let mut loss_fn = |ids: &Tensor| -> mome_core::Result<Tensor> {
-        let out = model_ref.forward(Gpt2Input::ids(ids).train(true))?;
-        Ok(causal_lm_loss(&out.logits, ids, None)?)
-    };
-    let mut eval_fn =
-        |_step: u64| -> mome_core::Result<serde_json::Value> { Ok(eval_model(model_ref)?) };
+    let mut eval_fn = |_step: u64| -> Result<serde_json::Value> { eval_model(model_ref) };
     let summary = trainer.run(
         source.as_mut(),
-        &mut loss_fn,
+        &mut MapErr::<_, Error>::new(LmObjective::new(&model)),
         Some(&mut eval_fn),
         &[("config.json", job.student.to_hf_json()?.into_bytes())],
     )?;
@@ -556,8 +671,7 @@ fn run_moe(
         },
     )?;
     let model_ref = &model;
-    let mut eval_fn =
-        |_step: u64| -> mome_core::Result<serde_json::Value> { Ok(eval_model(model_ref)?) };
+    let mut eval_fn = |_step: u64| -> Result<serde_json::Value> { eval_model(model_ref) };
     let summary = train_moe(
         &model,
         &vs,
@@ -567,6 +681,7 @@ fn run_moe(
             run_dir,
             resume: true,
             group: None,
+            prefetch: true,
         },
         &mut CrossEntropy,
         Some(&mut eval_fn),
@@ -595,13 +710,15 @@ fn recorded(job: &ForgettingJob) -> serde_json::Value {
     let mut v = serde_json::to_value(&j).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.remove("out_dir");
+        o.remove("device");
     }
     v
 }
 
 /// Runs (or resumes) the experiment and writes its outputs (see the module docs).
-pub fn run_forgetting(job: &ForgettingJob, device: Device) -> Result<ForgettingReport> {
+pub fn run_forgetting(job: &ForgettingJob) -> Result<ForgettingReport> {
     let started = Instant::now();
+    let device = job.device.resolve()?;
     let plan = plan(job)?;
     let out = &job.out_dir;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -838,108 +955,40 @@ impl ForgettingReport {
 
 /// One line chart per regime (a series per domain), side by side in one PNG.
 fn write_plot(report: &ForgettingReport, path: &Path) -> Result<()> {
-    let tmp = tempfile_dir(path)?;
-    let mut panels = Vec::new();
-    for (i, r) in report.regimes.iter().enumerate() {
-        let series = report
-            .domains
-            .iter()
-            .map(|d| {
-                mome_plot::Series::new(
-                    d,
-                    r.curve
-                        .iter()
-                        .map(|p| (p.step as f64, p.losses[d]))
-                        .collect(),
-                )
-            })
-            .collect();
-        let title = match r.regime {
-            Regime::Sequential => format!("sequential ({})", report.domains.join("→")),
-            Regime::Balanced => "balanced batches".to_string(),
-            Regime::Moe => "MoE (expert per domain)".to_string(),
-        };
-        let p = tmp.join(format!("panel-{i}.png"));
-        mome_plot::line_chart(
-            &p,
-            &mome_plot::LineChart {
+    let charts: Vec<mome_plot::LineChart> = report
+        .regimes
+        .iter()
+        .map(|r| {
+            let series = report
+                .domains
+                .iter()
+                .map(|d| {
+                    mome_plot::Series::new(
+                        d,
+                        r.curve
+                            .iter()
+                            .map(|p| (p.step as f64, p.losses[d]))
+                            .collect(),
+                    )
+                })
+                .collect();
+            let title = match r.regime {
+                Regime::Sequential => format!("sequential ({})", report.domains.join("→")),
+                Regime::Balanced => "balanced batches".to_string(),
+                Regime::Moe => "MoE (expert per domain)".to_string(),
+            };
+            mome_plot::LineChart {
                 title,
                 x_label: "optimizer step".into(),
                 y_label: "validation loss (nats/token)".into(),
                 series,
                 log_y: false,
-            },
-            (640, 460),
-        )?;
-        panels.push(p);
-    }
-    let result = compose_row(&panels, path);
-    let _ = std::fs::remove_dir_all(&tmp);
-    result
-}
-
-fn tempfile_dir(path: &Path) -> Result<PathBuf> {
-    let dir = path.with_extension(format!("panels-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    Ok(dir)
-}
-
-/// Reads an 8-bit RGB or RGBA PNG as RGB rows.
-fn read_rgb(path: &Path) -> Result<(u32, u32, Vec<u8>)> {
-    let bad = |m: String| Error::Config(format!("{}: {m}", path.display()));
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
-        .read_info()
-        .map_err(|e| bad(e.to_string()))?;
-    let mut buf = vec![0u8; reader.output_buffer_size()];
-    let info = reader
-        .next_frame(&mut buf)
-        .map_err(|e| bad(e.to_string()))?;
-    if info.bit_depth != png::BitDepth::Eight {
-        return Err(bad("not an 8-bit PNG".into()));
-    }
-    let px = match info.color_type {
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        other => return Err(bad(format!("unsupported colour type {other:?}"))),
-    };
-    let (w, h) = (info.width, info.height);
-    let mut rgb = Vec::with_capacity((w * h * 3) as usize);
-    for row in buf[..info.buffer_size()].chunks(info.line_size) {
-        for p in row[..(w as usize * px)].chunks(px) {
-            rgb.extend_from_slice(&p[..3]);
-        }
-    }
-    Ok((w, h, rgb))
-}
-
-/// Places PNG panels side by side (white background) and writes one PNG atomically.
-fn compose_row(panels: &[PathBuf], out: &Path) -> Result<()> {
-    let imgs = panels
-        .iter()
-        .map(|p| read_rgb(p))
-        .collect::<Result<Vec<_>>>()?;
-    let width: u32 = imgs.iter().map(|i| i.0).sum::<u32>().max(1);
-    let height: u32 = imgs.iter().map(|i| i.1).max().unwrap_or(1);
-    let mut canvas = vec![255u8; (width * height * 3) as usize];
-    let mut x0 = 0usize;
-    for (w, h, rgb) in &imgs {
-        let (w, h) = (*w as usize, *h as usize);
-        for y in 0..h {
-            let dst = (y * width as usize + x0) * 3;
-            canvas[dst..dst + w * 3].copy_from_slice(&rgb[y * w * 3..(y + 1) * w * 3]);
-        }
-        x0 += w;
-    }
-    write_atomic_with(out, |wr| {
-        let mut enc = png::Encoder::new(wr, width, height);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header().map_err(std::io::Error::other)?;
-        writer
-            .write_image_data(&canvas)
-            .map_err(std::io::Error::other)?;
-        writer.finish().map_err(std::io::Error::other)
-    })?;
-    Ok(())
+            }
+        })
+        .collect();
+    // Drawn beside the target, then renamed: the PNG appears complete or not at all.
+    // (The extension stays `.png`: plotters picks the image format from it.)
+    let tmp = path.with_extension(format!("tmp-{}.png", std::process::id()));
+    mome_plot::line_chart_row(&tmp, &charts, (640, 460))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

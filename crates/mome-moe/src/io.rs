@@ -388,3 +388,57 @@ pub fn build_ple(
     model.set_all_trainable(false);
     Ok((vs, model))
 }
+
+/// What [`assemble_ple`] wrote.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PleSummary {
+    /// The MoE folder.
+    pub model_dir: PathBuf,
+    /// Always `ple`.
+    pub arch: crate::config::Arch,
+    /// The expert domains, in order.
+    pub experts: Vec<String>,
+    /// Whether a common expert was added.
+    pub common_expert: bool,
+    /// The router's classes, when a router was saved with the model.
+    pub router: Option<Vec<String>>,
+    /// Parameters of the whole model.
+    pub total_parameters: i64,
+}
+
+/// Assembles a PLE model from separately trained GPT-2 folders (`(domain, dir)` in
+/// expert order, and an optional common expert) and saves it to `out` with the
+/// router file `router` (whose classes must be exactly the expert domains; checked
+/// before any expert is loaded): the library side of `mome moe build`.
+pub fn assemble_ple(
+    experts: &[(String, PathBuf)],
+    common: Option<&Path>,
+    router: Option<&Path>,
+    out: &Path,
+) -> Result<PleSummary> {
+    let router = match router {
+        Some(p) => {
+            let r = mome_router::Router::load(p)?;
+            let probe = MoeConfig {
+                arch: crate::config::Arch::Ple,
+                domains: experts.iter().map(|(n, _)| n.clone()).collect(),
+                expert: mome_experts::Gpt2Config::default(),
+                common_expert: common.is_some(),
+                low_confidence_to_common: true,
+            };
+            crate::routing::check_router_classes(r.classes(), &probe)?;
+            Some(r)
+        }
+        None => None,
+    };
+    let (_vs, model) = build_ple(experts, common, Device::Cpu)?;
+    let model_dir = model.save_with_router(out, router.as_ref())?;
+    Ok(PleSummary {
+        model_dir,
+        arch: crate::config::Arch::Ple,
+        experts: model.domains().to_vec(),
+        common_expert: model.config().common_expert,
+        router: router.as_ref().map(|r| r.classes().to_vec()),
+        total_parameters: model.total_parameters(),
+    })
+}

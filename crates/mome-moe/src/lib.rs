@@ -10,7 +10,9 @@
 //!   LM head; the forward pass groups sequences by expert.
 //! - [`io`]: save / load (validated) / export an expert as a Hugging Face GPT-2
 //!   folder / PLE assembly.
-//! - [`train`]: JEET and MoE-CE training on mome-core's trainer, routed expert only.
+//! - [`train`]: JEET and MoE-CE training on mome-core's trainer, routed expert only:
+//!   the `mome moe train` job ([`MoeTrainParams`] → [`MoeTrainJob`] →
+//!   [`run_moe_training`]), [`train_moe`] and [`bench_moe`] on the same step.
 //! - [`kd`]: [`DistillLoss`], training the experts by distillation from a teacher.
 //! - [`eval`]: per-setting, per-domain evaluation and the Markdown grid table.
 //! - [`generate`](mod@generate): routed generation with one KV cache per active expert.
@@ -42,4 +44,7 @@ pub use model::{Embeddings, MoeModel, MoeOutput};
 pub use routing::{
     check_router_classes, ExpertChoice, LabelRouter, ResolvedSetting, Routing, SequenceRouter,
 };
-pub use train::{train_moe, CrossEntropy, LossContext, MoeLoss, RunOptions};
+pub use train::{
+    bench_moe, run_moe_training, train_moe, CrossEntropy, MoeBench, MoeDataParams, MoeLoss,
+    MoeSection, MoeTrainJob, MoeTrainParams, MoeTrainSummary, RunOptions,
+};

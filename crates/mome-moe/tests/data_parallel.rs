@@ -69,6 +69,7 @@ fn train(
     )
     .unwrap();
     let settings = DistillSettings {
+        kd_chunk: None,
         loss: KdLoss::ForwardKl,
         temperature: 2.0,
         strategy: StrategyConfig::Adaptive {
@@ -80,7 +81,14 @@ fn train(
         cache: Some(root.join("cache")),
         ..Default::default()
     };
-    let mut loss = DistillLoss::new(&teacher, &settings, &cfg.expert, Device::Cpu).unwrap();
+    let mut loss = DistillLoss::new(
+        &teacher,
+        &settings,
+        &cfg.expert,
+        Device::Cpu,
+        mome_core::Precision::Fp32,
+    )
+    .unwrap();
     let mut t = TrainConfig::new(9, 3e-3);
     t.quiet = true;
     t.log_every = 1;
@@ -95,6 +103,7 @@ fn train(
             run_dir,
             resume,
             group: group.as_ref(),
+            prefetch: true,
         },
         &mut loss,
         None,

@@ -78,6 +78,7 @@ fn train(root: &Path, name: &str, model: &MoeModel, vs: &nn::VarStore) -> Vec<f6
             run_dir: &dir,
             resume: false,
             group: None,
+            prefetch: true,
         },
         &mut CrossEntropy,
         None,

@@ -11,7 +11,7 @@ use mome_distill::{
     ValueDtype,
 };
 use mome_experts::{Gpt2Config, Gpt2LmHeadModel};
-use mome_moe::{train_moe, Arch, DistillLoss, MoeConfig, MoeModel, RunOptions};
+use mome_moe::{train_moe, Arch, DistillLoss, MoeConfig, MoeLoss, MoeModel, RunOptions};
 use tch::{nn, Device};
 
 const VOCAB: i64 = 41;
@@ -99,11 +99,19 @@ fn run_in(
     )
     .unwrap();
     let settings = DistillSettings {
+        kd_chunk: None,
         loss: KdLoss::ForwardKl,
         temperature: 2.0,
         strategy,
     };
-    let mut loss = DistillLoss::new(teacher, &settings, &cfg.expert, Device::Cpu).unwrap();
+    let mut loss = DistillLoss::new(
+        teacher,
+        &settings,
+        &cfg.expert,
+        Device::Cpu,
+        mome_core::Precision::Fp32,
+    )
+    .unwrap();
     let mut train = TrainConfig::new(steps, 1e-3);
     train.quiet = true;
     train.log_every = 1;
@@ -118,6 +126,7 @@ fn run_in(
             run_dir: &run_dir,
             resume,
             group: None,
+            prefetch: true,
         },
         &mut loss,
         None,
@@ -143,7 +152,7 @@ fn kd_run_logs_kd_loss_and_alpha_and_resumes() {
     let teacher = TeacherSection {
         dir: Some(tmp.path().join("teacher")),
         cache: None,
-        bf16: false,
+        bf16: None,
     };
     let lines = run(
         tmp.path(),
@@ -201,15 +210,34 @@ fn kd_run_logs_kd_loss_and_alpha_and_resumes() {
     let cache = TeacherSection {
         dir: None,
         cache: Some(tmp.path().join("cache")),
-        bf16: false,
+        bf16: None,
     };
-    assert!(DistillLoss::new(&cache, &settings, &shape(), Device::Cpu).is_err());
-    assert!(
-        DistillLoss::new(&TeacherSection::default(), &settings, &shape(), Device::Cpu).is_err()
-    );
+    assert!(DistillLoss::new(
+        &cache,
+        &settings,
+        &shape(),
+        Device::Cpu,
+        mome_core::Precision::Fp32
+    )
+    .is_err());
+    assert!(DistillLoss::new(
+        &TeacherSection::default(),
+        &settings,
+        &shape(),
+        Device::Cpu,
+        mome_core::Precision::Fp32
+    )
+    .is_err());
     let mut other = shape();
     other.vocab_size = VOCAB + 1;
-    let e = DistillLoss::new(&teacher, &settings, &other, Device::Cpu).unwrap_err();
+    let e = DistillLoss::new(
+        &teacher,
+        &settings,
+        &other,
+        Device::Cpu,
+        mome_core::Precision::Fp32,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("vocabulary"), "{e}");
 }
 
@@ -238,17 +266,17 @@ fn kd_from_teacher_cache_matches_online_teacher() {
     let online = TeacherSection {
         dir: Some(tdir.clone()),
         cache: None,
-        bf16: false,
+        bf16: None,
     };
     let cached = TeacherSection {
         dir: None,
         cache: Some(cdir.clone()),
-        bf16: false,
+        bf16: None,
     };
     let both = TeacherSection {
         dir: Some(tdir.clone()),
         cache: Some(cdir.clone()),
-        bf16: false,
+        bf16: None,
     };
     let strategy = StrategyConfig::Fixed { alpha: 0.25 };
     let a = run_in(tmp.path(), "online", strategy.clone(), &online, false, 4).unwrap();
@@ -289,12 +317,20 @@ fn kd_from_teacher_cache_matches_online_teacher() {
 
     // ... and against the vocabulary, the temperature and the teacher.
     let settings = DistillSettings {
+        kd_chunk: None,
         loss: KdLoss::ForwardKl,
         temperature: 2.0,
         strategy,
     };
     // `check_data` (what `mome moe train` runs before creating its run folder).
-    let k = DistillLoss::new(&cached, &settings, &shape(), Device::Cpu).unwrap();
+    let k = DistillLoss::new(
+        &cached,
+        &settings,
+        &shape(),
+        Device::Cpu,
+        mome_core::Precision::Fp32,
+    )
+    .unwrap();
     k.check_data(&ShardSet::open(&shards_dir).unwrap(), "train")
         .unwrap();
     let e = k
@@ -306,13 +342,28 @@ fn kd_from_teacher_cache_matches_online_teacher() {
     assert!(e.to_string().contains("shards"), "{e}");
     let mut other = shape();
     other.vocab_size = VOCAB + 1;
-    let e = DistillLoss::new(&cached, &settings, &other, Device::Cpu).unwrap_err();
+    let e = DistillLoss::new(
+        &cached,
+        &settings,
+        &other,
+        Device::Cpu,
+        mome_core::Precision::Fp32,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("vocabulary"), "{e}");
     let t1 = DistillSettings {
+        kd_chunk: None,
         temperature: 1.0,
         ..settings.clone()
     };
-    let e = DistillLoss::new(&cached, &t1, &shape(), Device::Cpu).unwrap_err();
+    let e = DistillLoss::new(
+        &cached,
+        &t1,
+        &shape(),
+        Device::Cpu,
+        mome_core::Precision::Fp32,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("temperature"), "{e}");
     tch::manual_seed(10);
     let tvs2 = nn::VarStore::new(Device::Cpu);
@@ -322,7 +373,14 @@ fn kd_from_teacher_cache_matches_online_teacher() {
     let wrong = TeacherSection {
         dir: Some(tdir2),
         cache: Some(cdir),
-        bf16: false,
+        bf16: None,
     };
-    assert!(DistillLoss::new(&wrong, &settings, &shape(), Device::Cpu).is_err());
+    assert!(DistillLoss::new(
+        &wrong,
+        &settings,
+        &shape(),
+        Device::Cpu,
+        mome_core::Precision::Fp32
+    )
+    .is_err());
 }

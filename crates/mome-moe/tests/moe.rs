@@ -343,6 +343,7 @@ fn jeet_step_freezes_other_experts_and_trains_routed_shared_and_common() {
                 run_dir: &run,
                 resume: step > 1,
                 group: None,
+                prefetch: true,
             },
             &mut CrossEntropy,
             None,

@@ -1,8 +1,11 @@
 //! `mome-plot`: small PNG charts for mome reports.
 //!
 //! - [`line_chart`]: several named series of `(x, y)` points, axis labels, a legend;
+//!   [`line_chart_row`]: several such charts side by side in one PNG;
 //! - [`heatmap`]: a labelled matrix (e.g. a confusion matrix), one coloured cell per
-//!   value with the value written in the cell.
+//!   value with the value written in the cell;
+//! - [`confusion_png`] ([`confusion`]): a confusion matrix of counts, drawn without
+//!   any font (a built-in digit font), the router comparison's figure.
 //!
 //! Drawn with plotters' bitmap backend; text uses DejaVu Sans, embedded in the crate
 //! (`fonts/DejaVuSans.ttf`, license in `fonts/DejaVuSans-LICENSE.txt`) and registered
@@ -27,6 +30,9 @@ use std::sync::OnceLock;
 
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+
+pub mod confusion;
+pub use confusion::{confusion_png, confusion_rgb, confusion_size};
 
 /// The embedded font (DejaVu Sans; see `fonts/DejaVuSans-LICENSE.txt`).
 static FONT: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
@@ -167,7 +173,51 @@ fn palette(i: usize) -> RGBColor {
 
 /// Draws `chart` as a PNG of `size` pixels at `path` (parent folders are created).
 pub fn line_chart(path: &Path, chart: &LineChart, size: (u32, u32)) -> Result<()> {
+    line_chart_row(path, std::slice::from_ref(chart), size)
+}
+
+/// Draws `charts` side by side, each a panel of `panel` pixels, as one PNG at
+/// `path` (e.g. one panel per training regime of the forgetting study).
+///
+/// ```
+/// use mome_plot::{line_chart_row, LineChart, Series};
+/// let dir = tempfile::tempdir().unwrap();
+/// let panel = |t: &str| LineChart {
+///     title: t.into(),
+///     x_label: "step".into(),
+///     y_label: "loss".into(),
+///     series: vec![Series::new("en", vec![(0.0, 3.0), (10.0, 2.0)])],
+///     log_y: false,
+/// };
+/// let path = dir.path().join("row.png");
+/// line_chart_row(&path, &[panel("a"), panel("b")], (320, 240)).unwrap();
+/// assert!(std::fs::metadata(&path).unwrap().len() > 0);
+/// ```
+pub fn line_chart_row(path: &Path, charts: &[LineChart], panel: (u32, u32)) -> Result<()> {
     ensure_font()?;
+    if charts.is_empty() {
+        return Err(PlotError::InvalidInput {
+            what: path.display().to_string(),
+            reason: "no chart".into(),
+        });
+    }
+    ensure_parent(path)?;
+    let size = (panel.0 * charts.len() as u32, panel.1);
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
+    for (area, chart) in root.split_evenly((1, charts.len())).iter().zip(charts) {
+        draw_line_chart(area, chart, path)?;
+    }
+    root.present().map_err(|e| draw_err(path, e))?;
+    Ok(())
+}
+
+/// Draws one line chart on `root` (`path` names the output in errors).
+fn draw_line_chart(
+    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    chart: &LineChart,
+    path: &Path,
+) -> Result<()> {
     let what = || format!("line chart {:?}", chart.title);
     if chart.series.is_empty() {
         return Err(PlotError::InvalidInput {
@@ -201,10 +251,7 @@ pub fn line_chart(path: &Path, chart: &LineChart, size: (u32, u32)) -> Result<()
         fold(f64::max, f64::NEG_INFINITY, |p| p.1),
         chart.log_y,
     );
-    ensure_parent(path)?;
-    let root = BitMapBackend::new(path, size).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
-    let mut builder = ChartBuilder::on(&root);
+    let mut builder = ChartBuilder::on(root);
     builder
         .caption(&chart.title, (FONT_FAMILY, 22))
         .margin(12)
@@ -254,7 +301,6 @@ pub fn line_chart(path: &Path, chart: &LineChart, size: (u32, u32)) -> Result<()
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|e| draw_err(path, e))?);
     }
-    root.present().map_err(|e| draw_err(path, e))?;
     Ok(())
 }
 

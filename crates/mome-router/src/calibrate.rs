@@ -178,6 +178,40 @@ pub fn calibration_passages(
     out
 }
 
+/// Labelled in-domain documents for a calibration of `router`: a split of token
+/// shards (encoded with the router's tokenizer, when it records one) or labelled
+/// JSONL texts encoded by the router (its tokenizer must be attached).
+pub fn calibration_docs(
+    router: &Router,
+    source: &crate::params::DocSource,
+) -> Result<Vec<TokenDoc>> {
+    match source {
+        crate::params::DocSource::Shards { dir, split } => {
+            let sha = mome_data::shards::ShardSet::open(dir)?
+                .manifest()
+                .tokenizer_sha256
+                .clone();
+            if let Some(given) = router.tokenizer_sha256().filter(|r| *r != sha) {
+                return Err(mome_data::Error::TokenizerMismatch {
+                    shards: sha,
+                    given: given.to_string(),
+                }
+                .into());
+            }
+            crate::data::read_shards(dir, split)
+        }
+        crate::params::DocSource::Jsonl(files) => crate::data::read_texts(files)?
+            .iter()
+            .map(|t| {
+                Ok(TokenDoc {
+                    ids: router.encode(&t.text)?,
+                    label: t.label.clone(),
+                })
+            })
+            .collect(),
+    }
+}
+
 fn mean_nll(raw: &[(Vec<f64>, usize)], t: f64) -> f64 {
     let s: f64 = raw
         .par_iter()
@@ -340,7 +374,7 @@ pub fn calibrate(
 }
 
 /// How a router treats inputs from outside its classes (e.g. another language).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OodReport {
     /// Number of inputs.
     pub n: usize,

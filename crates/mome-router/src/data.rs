@@ -1,7 +1,7 @@
 //! Labelled training / evaluation data: JSONL `{"text","label"}` with a tokenizer,
 //! token shards (label = domain), and cutting documents into passages.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -71,6 +71,61 @@ pub fn read_jsonl(path: &Path, default_label: Option<&str>) -> Result<Vec<TextDo
     Ok(out)
 }
 
+/// Reads the texts of several JSONL files (a record's label defaults to its file's
+/// stem), in the order given.
+pub fn read_texts(files: &[PathBuf]) -> Result<Vec<TextDoc>> {
+    let mut out = Vec::new();
+    for f in files {
+        let stem = f.file_stem().and_then(|s| s.to_str());
+        out.extend(read_jsonl(f, stem)?);
+    }
+    Ok(out)
+}
+
+/// The `*.jsonl` files of a folder, sorted by path.
+pub fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| RouterError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Token sequences of a JSON file: `{"sequences": [[ids...], ...]}`, or the samples
+/// (`token_ids`) of the paper's scikit-learn export.
+pub fn read_sequences(path: &Path) -> Result<Vec<Vec<u32>>> {
+    let bytes = std::fs::read(path).map_err(|e| RouterError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    #[derive(Deserialize)]
+    struct Sample {
+        token_ids: Vec<u32>,
+    }
+    #[derive(Deserialize)]
+    struct Inputs {
+        sequences: Option<Vec<Vec<u32>>>,
+        samples: Option<Vec<Sample>>,
+    }
+    let v: Inputs = serde_json::from_slice(&bytes).map_err(|e| RouterError::Json {
+        what: path.display().to_string(),
+        source: e,
+    })?;
+    match (v.sequences, v.samples) {
+        (Some(s), _) => Ok(s),
+        (None, Some(s)) => Ok(s.into_iter().map(|s| s.token_ids).collect()),
+        (None, None) => Err(RouterError::Params(format!(
+            "{}: inputs need `sequences` or `samples`",
+            path.display()
+        ))),
+    }
+}
+
 /// Tokenises texts (normalised, no special tokens) in parallel.
 pub fn tokenize(
     tok: &Tokenizer,
@@ -126,6 +181,35 @@ pub fn token_passages(docs: &[TokenDoc], len: usize, min_len: usize) -> Vec<Toke
         }
     }
     out
+}
+
+/// Texts encoded as `router` does (BOS/EOS dropped), each cut into passages of at
+/// most `max_tokens` tokens (`None`: whole texts); passages shorter than
+/// `min_tokens` are dropped (what `mome router eval` scores).
+pub fn router_passages(
+    router: &crate::Router,
+    texts: &[TextDoc],
+    min_tokens: usize,
+    max_tokens: Option<usize>,
+) -> Result<Vec<TokenDoc>> {
+    let mut out = Vec::new();
+    for t in texts {
+        let ids: Vec<u32> = router
+            .encode(&t.text)?
+            .into_iter()
+            .filter(|&i| i != 1 && i != 2)
+            .collect();
+        let max = max_tokens.unwrap_or(usize::MAX).max(1);
+        for c in ids.chunks(max.min(ids.len().max(1))) {
+            if c.len() >= min_tokens {
+                out.push(TokenDoc {
+                    ids: c.to_vec(),
+                    label: t.label.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Short passages of real text as the method's robustness test: prose is cut into

@@ -52,7 +52,7 @@ pub enum RouterError {
     Data(#[from] mome_data::Error),
     /// Drawing a figure failed.
     #[error("plot: {0}")]
-    Plot(String),
+    Plot(#[from] mome_plot::PlotError),
 }
 
 /// Result alias of this crate.

@@ -150,3 +150,19 @@ pub fn import_sklearn(path: &Path) -> Result<(Router, Vec<SklearnSample>)> {
     }));
     Ok((router, p.samples))
 }
+
+/// Largest `|p_mome - p_sklearn|` of the router on the samples of the export.
+pub fn max_abs_error(router: &Router, samples: &[SklearnSample]) -> f64 {
+    let mut max_err = 0.0f64;
+    for s in samples {
+        for (x, y) in router
+            .route(&s.token_ids)
+            .probabilities
+            .iter()
+            .zip(&s.probabilities)
+        {
+            max_err = max_err.max((x - y).abs());
+        }
+    }
+    max_err
+}

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Precision, recall, F1 and support of one label.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassMetrics {
     /// TP / (TP + FP), 0 when nothing was predicted as the label.
     pub precision: f64,
@@ -18,7 +18,7 @@ pub struct ClassMetrics {
 }
 
 /// Evaluation report.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
     /// Number of evaluated inputs.
     pub n: usize,
@@ -38,6 +38,28 @@ pub struct EvalReport {
     pub sequences_per_second: f64,
     /// True labels the router does not know (all their inputs are errors).
     pub unknown_labels: Vec<String>,
+}
+
+impl EvalReport {
+    /// The confusion matrix as `matrix[true][predicted]` counts, rows and columns
+    /// in the order of `classes` (labels outside `classes` are left out).
+    pub fn confusion_matrix(&self, classes: &[String]) -> Vec<Vec<usize>> {
+        classes
+            .iter()
+            .map(|t| {
+                classes
+                    .iter()
+                    .map(|p| {
+                        self.confusion
+                            .get(t)
+                            .and_then(|row| row.get(p))
+                            .copied()
+                            .unwrap_or(0)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 /// Computes the report from `(true, predicted)` pairs.
@@ -124,4 +146,53 @@ pub fn evaluate_router(router: &crate::Router, docs: &[crate::data::TokenDoc]) -
         .map(|(d, r)| (d.label.clone(), r.label))
         .collect();
     evaluate(&pairs, router.classes(), docs.len() as f64 / secs)
+}
+
+/// Latency and throughput of a router (what `mome router bench` prints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoutingBench {
+    /// Sequences routed per repetition.
+    pub sequences: usize,
+    /// Repetitions.
+    pub reps: usize,
+    /// Mean sequence length in tokens.
+    pub mean_tokens: f64,
+    /// Throughput routing one sequence per call.
+    pub per_call_seq_per_s: f64,
+    /// Microseconds per call.
+    pub per_call_us: f64,
+    /// Throughput of whole-batch calls ([`crate::Router::route_batch`], parallel).
+    pub batch_seq_per_s: f64,
+    /// Threads of the batch calls (rayon).
+    pub threads: usize,
+    /// Sum of the routed indices and batch lengths (keeps the work observable).
+    pub checksum: usize,
+}
+
+/// Routes `seqs` `reps` times one call per sequence, then `reps` times as one batch.
+pub fn bench_routing(router: &crate::Router, seqs: &[Vec<u32>], reps: usize) -> RoutingBench {
+    let n = seqs.len() * reps;
+    let t0 = std::time::Instant::now();
+    let mut sink = 0usize;
+    for _ in 0..reps {
+        for s in seqs {
+            sink += router.route(s).index;
+        }
+    }
+    let single = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
+    for _ in 0..reps {
+        sink += router.route_batch(seqs).len();
+    }
+    let batch = t1.elapsed().as_secs_f64();
+    RoutingBench {
+        sequences: seqs.len(),
+        reps,
+        mean_tokens: seqs.iter().map(|s| s.len()).sum::<usize>() as f64 / seqs.len().max(1) as f64,
+        per_call_seq_per_s: n as f64 / single,
+        per_call_us: single * 1e6 / n as f64,
+        batch_seq_per_s: n as f64 / batch,
+        threads: rayon::current_num_threads(),
+        checksum: sink,
+    }
 }

@@ -1,5 +1,9 @@
-//! Training a router from labelled token documents.
+//! Training a router from labelled token documents: the building blocks
+//! ([`prepare_passages`], [`fit_router`], [`train_router`]) and the job of
+//! `mome router train` ([`TrainParams`] -> [`ParamGuard::check`] -> [`TrainJob`] ->
+//! [`run_train`] -> [`TrainSummary`]).
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use linfa::prelude::*;
@@ -9,8 +13,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::classifier::ClassifierParams;
-use crate::data::{token_passages, TokenDoc};
+use crate::calibrate::{calibration_passages, Calibration, CalibrationConfig};
+use crate::classifier::{ClassifierKind, ClassifierParams};
+use crate::data::{read_shards, split, token_passages, TokenDoc};
 use crate::error::{Result, RouterError};
 use crate::features::{
     char_feature_config, CharNgramConfig, FeatureConfig, PruneConfig, Vectorizer,
@@ -61,7 +66,7 @@ impl Default for TrainConfig {
 }
 
 /// What happened during training.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainStats {
     /// Training passages per class.
     pub passages_per_class: Vec<(String, usize)>,
@@ -258,4 +263,189 @@ pub fn train_router_with(
         "stats": stats,
     }));
     Ok((router, stats))
+}
+
+/// The job of `mome router train` (unchecked): data, classifier, optional
+/// calibration of the threshold, output file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainParams {
+    /// Training data and features.
+    pub data: crate::params::DataParams,
+    /// The classifier family (default hyperparameters of [`ClassifierParams::new`]).
+    pub classifier: ClassifierKind,
+    /// Calibrate the threshold so that this fraction (e.g. 0.99) of held-out
+    /// in-domain passages are confident: the shards' `calibration_split` when there
+    /// is one, otherwise `calibration_fraction` of the documents, held out from
+    /// training.
+    pub calibrate: Option<f64>,
+    /// With `calibrate`: fit a temperature (validation NLL) first.
+    pub temperature_scaling: bool,
+    /// With `calibrate`: one threshold per bin of input length.
+    pub by_length: bool,
+    /// Shard split used by `calibrate`.
+    pub calibration_split: String,
+    /// Fraction of documents held out for `calibrate` when there is no shard split.
+    pub calibration_fraction: f64,
+    /// The router file written.
+    pub out: PathBuf,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        Self {
+            data: crate::params::DataParams::default(),
+            classifier: ClassifierKind::Logreg,
+            calibrate: None,
+            temperature_scaling: false,
+            by_length: false,
+            calibration_split: "validation".into(),
+            calibration_fraction: 0.1,
+            out: PathBuf::new(),
+        }
+    }
+}
+
+/// A checked [`TrainParams`]: only [`ParamGuard::check`] makes one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainJob {
+    params: TrainParams,
+    data: crate::params::DataSpec,
+    calibration: Option<CalibrationConfig>,
+}
+
+impl crate::params::ParamGuard for TrainParams {
+    type Checked = TrainJob;
+    type Error = RouterError;
+
+    fn check(&self) -> Result<TrainJob> {
+        let data = self.data.check()?;
+        let calibration = match self.calibrate {
+            None => None,
+            Some(target) => {
+                if !(target > 0.0 && target <= 1.0) {
+                    return Err(RouterError::Params(format!(
+                        "calibration target {target} must be in (0, 1]"
+                    )));
+                }
+                if !(self.calibration_fraction > 0.0 && self.calibration_fraction < 1.0) {
+                    return Err(RouterError::Params(
+                        "--calibration-fraction must be in (0, 1)".into(),
+                    ));
+                }
+                Some(CalibrationConfig {
+                    target_confident: target,
+                    fit_temperature: self.temperature_scaling,
+                    by_length: self.by_length,
+                })
+            }
+        };
+        if self.out.as_os_str().is_empty() {
+            return Err(RouterError::Params(
+                "give the router file to write (--out)".into(),
+            ));
+        }
+        Ok(TrainJob {
+            params: self.clone(),
+            data,
+            calibration,
+        })
+    }
+}
+
+impl TrainJob {
+    /// The parameters it was checked from.
+    pub fn params(&self) -> &TrainParams {
+        &self.params
+    }
+    /// The checked training data.
+    pub fn data(&self) -> &crate::params::DataSpec {
+        &self.data
+    }
+    /// The calibration, if asked for.
+    pub fn calibration(&self) -> Option<&CalibrationConfig> {
+        self.calibration.as_ref()
+    }
+    /// The router file written.
+    pub fn out(&self) -> &Path {
+        &self.params.out
+    }
+}
+
+/// What [`run_train`] did (what `mome router train` prints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// The router file written.
+    pub out: PathBuf,
+    /// Its classes.
+    pub classes: Vec<String>,
+    /// Passages per class, features, seconds.
+    pub stats: TrainStats,
+    /// Its threshold (after calibration).
+    pub threshold: f64,
+    /// Its temperature (after calibration).
+    pub temperature: f64,
+    /// The calibration record, when calibrated.
+    pub calibration: Option<Calibration>,
+}
+
+/// Loads the documents, trains the router, calibrates it when asked for and saves it.
+pub fn run_train(job: &TrainJob) -> Result<TrainSummary> {
+    let p = job.params();
+    let cfg = job.data().train_config();
+    let loaded = job.data().load()?;
+    // Calibration data: the shards' calibration split, or documents held out here.
+    let (docs, calib_docs) = match job.calibration() {
+        None => (loaded.docs, Vec::new()),
+        Some(_) => {
+            let split_docs = match job.data().shards() {
+                Some(dir) => {
+                    let set = mome_data::shards::ShardSet::open(dir)?;
+                    if set.manifest().splits.contains_key(&p.calibration_split) {
+                        Some(read_shards(dir, &p.calibration_split)?)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            };
+            match split_docs {
+                Some(v) => (loaded.docs, v),
+                None => split(
+                    &loaded.docs,
+                    |d| d.label.as_str(),
+                    p.calibration_fraction,
+                    cfg.seed,
+                ),
+            }
+        }
+    };
+    let (mut router, stats) = train_router_with(
+        &docs,
+        cfg,
+        ClassifierParams::new(p.classifier),
+        loaded.tokenizer_sha256,
+        loaded.tokenizer.as_ref(),
+    )?;
+    let calibration = match job.calibration() {
+        Some(c) => {
+            let passages = calibration_passages(
+                &calib_docs,
+                &cfg.passage_lengths,
+                crate::params::CALIBRATION_PASSAGES,
+                cfg.seed,
+            );
+            Some(crate::calibrate::calibrate(&mut router, &passages, c)?)
+        }
+        None => None,
+    };
+    router.save(job.out())?;
+    Ok(TrainSummary {
+        out: job.out().to_path_buf(),
+        classes: router.classes().to_vec(),
+        stats,
+        threshold: router.threshold(),
+        temperature: router.temperature(),
+        calibration,
+    })
 }

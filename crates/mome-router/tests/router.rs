@@ -134,6 +134,10 @@ fn imported_sklearn_router_reproduces_probabilities() {
     }
     eprintln!("max |p_mome - p_sklearn| = {max_err:e}");
     assert!(max_err <= 1e-9, "max error {max_err}");
+    assert_eq!(
+        mome_router::import::max_abs_error(&router, &samples),
+        max_err
+    );
     // Batch routing gives the same answers.
     let seqs: Vec<&[u32]> = samples.iter().map(|s| s.token_ids.as_slice()).collect();
     for (r, s) in router.route_batch(&seqs).iter().zip(&samples) {
@@ -540,4 +544,46 @@ fn calibration_by_length_sets_one_threshold_per_bin() {
     assert_eq!(b.threshold_for(2), 0.2);
     assert_eq!(b.threshold_for(3), 0.99);
     assert_eq!(b.threshold_for(1000), 0.99);
+}
+
+#[test]
+fn bench_inputs_and_routing_bench() {
+    let (router, samples) = mome_router::import_sklearn(std::path::Path::new(PARAMS)).unwrap();
+    // The samples of the scikit-learn export ...
+    let seqs = mome_router::data::read_sequences(std::path::Path::new(PARAMS)).unwrap();
+    let ids: Vec<Vec<u32>> = samples.iter().map(|s| s.token_ids.clone()).collect();
+    assert_eq!(seqs, ids);
+    // ... or `{"sequences": [...]}`; anything else is a typed error.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("seqs.json");
+    std::fs::write(&p, r#"{"sequences": [[10, 11], [], [12]]}"#).unwrap();
+    let seqs = mome_router::data::read_sequences(&p).unwrap();
+    assert_eq!(seqs, vec![vec![10, 11], vec![], vec![12]]);
+    std::fs::write(&p, r#"{"ids": []}"#).unwrap();
+    assert!(matches!(
+        mome_router::data::read_sequences(&p),
+        Err(RouterError::Params(_))
+    ));
+    std::fs::write(&p, "{").unwrap();
+    assert!(matches!(
+        mome_router::data::read_sequences(&p),
+        Err(RouterError::Json { .. })
+    ));
+    assert!(matches!(
+        mome_router::data::read_sequences(&dir.path().join("missing.json")),
+        Err(RouterError::Io { .. })
+    ));
+    // The bench routes every sequence once per call and once per batch, per rep.
+    let b = mome_router::metrics::bench_routing(&router, &ids, 3);
+    assert_eq!((b.sequences, b.reps), (ids.len(), 3));
+    let indices: usize = ids.iter().map(|s| router.route(s).index).sum();
+    assert_eq!(b.checksum, 3 * indices + 3 * ids.len());
+    let mean = ids.iter().map(Vec::len).sum::<usize>() as f64 / ids.len() as f64;
+    assert_abs_diff_eq!(b.mean_tokens, mean, epsilon = 1e-12);
+    assert!(b.per_call_seq_per_s > 0.0 && b.batch_seq_per_s > 0.0);
+    assert_abs_diff_eq!(
+        b.per_call_us,
+        1e6 / b.per_call_seq_per_s,
+        epsilon = 1e-6 * b.per_call_us
+    );
 }

@@ -3,22 +3,22 @@
 //! download):
 //!
 //! 1. mome-data: four domains of `data/demo` → token shards (train + validation);
-//! 2. mome-experts + mome-core: a tiny GPT-2 teacher trained by mome-core's `Trainer`;
+//! 2. mome-experts: a tiny GPT-2 teacher, the job of `mome train` ([`LmParams`]);
 //! 3. mome-distill: a smaller student trained with `alpha * CE + (1 - alpha) * KD`
-//!    (forward KL at T = 2, fixed alpha = 0.5) against the frozen teacher.
+//!    (forward KL at T = 2, fixed alpha = 0.5) against the frozen teacher, the job
+//!    of `mome distill` ([`DistillParams`]).
 //!
 //! `cargo run -p distill-student --release [-- OUT_DIR]` (default: a temporary folder).
 //! `cargo test -p distill-student` runs the same code with tiny settings.
 
 use std::path::Path;
 
-use mome_core::data::ShardBatches;
-use mome_core::trainer::{TrainConfig, Trainer};
-use mome_data::sampler::{SamplerConfig, SamplerKind};
-use mome_data::{corpus, encode, shards::ShardSet, tokenizer::load_tokenizer};
-use mome_distill::{DataSpec, DistillJob, DistillSettings, EvalSpec, StrategyConfig};
-use mome_experts::{causal_lm_loss, Gpt2Config, Gpt2Input, Gpt2LmHeadModel};
-use tch::{nn, Device};
+use mome_core::job::{DataParams, EvalParams};
+use mome_core::trainer::TrainConfig;
+use mome_core::{DeviceSpec, ParamGuard};
+use mome_data::{corpus, encode, tokenizer::load_tokenizer};
+use mome_distill::{DistillParams, DistillSettings, StrategyConfig, TeacherSection};
+use mome_experts::{LmParams, ModelSpec, Preset};
 
 /// How much work the example does.
 pub struct Size {
@@ -55,20 +55,21 @@ pub fn run(repo: &Path, work: &Path, size: &Size) -> Res<(f64, f64)> {
         ..encode::EncodeOptions::for_tokenizer(&tok)
     };
     encode::encode_documents(docs, &tok, &sha, &opts, &work.join("shards"))?;
-    let shards = ShardSet::open(&work.join("shards"))?;
-    let vocab = shards.vocab_size() as i64;
-    let gpt2 = |n_layer, n_embd| Gpt2Config {
-        n_layer,
-        n_embd,
-        n_head: 2,
-        n_positions: size.seq_len as i64,
-        ..Gpt2Config::student_3l(vocab)
+    // A small GPT-2 shape (the vocabulary is the shards').
+    let gpt2 = |n_layer, n_embd| ModelSpec {
+        n_layer: Some(n_layer),
+        n_embd: Some(n_embd),
+        n_head: Some(2),
+        n_positions: Some(size.seq_len as i64),
+        ..ModelSpec::preset(Preset::Custom)
     };
-    let sampler = SamplerConfig {
-        kind: SamplerKind::Mixed,
+    let data = DataParams {
+        tokenizer: Some(tok_path.clone()),
+        ..DataParams::new(work.join("shards"), 4)
+    };
+    let eval = EvalParams {
+        max_sequences: 8,
         batch_size: 4,
-        seed: 0,
-        domains: vec![],
     };
     let train = TrainConfig {
         log_every: 5,
@@ -76,54 +77,46 @@ pub fn run(repo: &Path, work: &Path, size: &Size) -> Res<(f64, f64)> {
         ..TrainConfig::new(size.steps, 3e-3)
     };
 
-    // 2. The teacher: 2 layers, 64 wide, trained on next-token cross-entropy.
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let teacher = Gpt2LmHeadModel::new(&vs.root(), &gpt2(2, 64))?;
-    let mut batches = ShardBatches::new(shards, "train", sampler.clone())?;
-    let mut trainer = Trainer::new(train.clone(), &vs, &work.join("teacher"), false)?;
-    let mut lm_loss = |ids: &tch::Tensor| -> mome_core::Result<tch::Tensor> {
-        let logits = teacher.forward(Gpt2Input::ids(ids).train(true))?.logits;
-        Ok(causal_lm_loss(&logits, ids, None)?)
-    };
-    let t = trainer.run(&mut batches, &mut lm_loss, None, &[])?;
-    teacher.save_pretrained(work.join("teacher/model"))?;
-
-    // 3. The student: 1 layer, 32 wide, distilled from the frozen teacher.
-    let job = DistillJob {
-        run_dir: work.join("student"),
+    // 2. The teacher: 2 layers, 64 wide, trained on next-token cross-entropy
+    //    (the job of `mome train`).
+    let teacher = LmParams {
+        out_dir: work.join("teacher"),
+        device: DeviceSpec::Cpu,
+        model: gpt2(2, 64),
+        data: data.clone(),
+        eval,
+        train: train.clone(),
         resume: false,
-        device: Device::Cpu,
-        student: gpt2(1, 32),
-        teacher: mome_distill::TeacherSection {
-            dir: Some(work.join("teacher/model")),
+    };
+    let t = mome_experts::train_lm(&teacher.check()?)?;
+
+    // 3. The student: 1 layer, 32 wide, distilled from the frozen teacher (the job
+    //    of `mome distill`).
+    let student = DistillParams {
+        out_dir: work.join("student"),
+        device: DeviceSpec::Cpu,
+        teacher: TeacherSection {
+            dir: Some(t.model_dir.clone()),
             ..Default::default()
         },
-        data: DataSpec {
-            shards: work.join("shards"),
-            tokenizer_sha256: Some(sha),
-            sampler: sampler.kind,
-            batch_size: 4,
-            domains: vec![],
-        },
-        eval: EvalSpec {
-            max_sequences: 8,
-            batch_size: 4,
-        },
-        train,
+        student: gpt2(1, 32),
+        data,
+        eval,
         distill: DistillSettings {
             strategy: StrategyConfig::Fixed { alpha: 0.5 },
             ..Default::default()
         },
+        train,
+        resume: false,
     };
-    let s = mome_distill::run_distill(&job)?;
+    let s = mome_distill::run_distill(&student.check()?)?;
     let val = s
         .summary
         .last_eval
         .as_ref()
         .and_then(|e| e["val_loss"].as_f64())
         .ok_or("no eval")?;
-    Ok((t.final_loss.ok_or("no step")?, val))
+    Ok((t.train.final_loss.ok_or("no step")?, val))
 }
 
 fn main() -> Res<()> {

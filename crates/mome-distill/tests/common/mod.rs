@@ -3,14 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
+use mome_core::job::{DataParams, EvalParams};
 use mome_core::trainer::TrainConfig;
-use mome_data::sampler::SamplerKind;
+use mome_core::DeviceSpec;
+pub use mome_core::ParamGuard;
 use mome_data::shards::ShardWriter;
 use mome_distill::{
-    run_distill, DataSpec, DistillJob, DistillSettings, EvalSpec, StrategyConfig, TeacherSection,
+    run_distill, DistillOutcome, DistillParams, DistillSettings, Result, StrategyConfig,
+    TeacherSection,
 };
-use mome_experts::Gpt2Config;
-use tch::Device;
+use mome_experts::{Gpt2Config, ModelSpec};
 
 /// Serialises the tests of one binary: model initialisation draws from libtorch's
 /// global generator (seeded by each run), which parallel tests would interleave.
@@ -101,27 +103,33 @@ pub fn job(
     train: TrainConfig,
     distill: DistillSettings,
     batch_size: usize,
-) -> DistillJob {
-    DistillJob {
-        run_dir: run_dir.to_path_buf(),
+) -> DistillParams {
+    DistillParams {
+        out_dir: run_dir.to_path_buf(),
         resume: false,
-        device: Device::Cpu,
-        student,
+        device: DeviceSpec::Cpu,
+        student: ModelSpec::from_config(&student),
         teacher,
-        data: DataSpec {
-            shards: shards.to_path_buf(),
-            tokenizer_sha256: Some(SHA.into()),
-            sampler: SamplerKind::Mixed,
-            batch_size,
-            domains: vec![],
-        },
-        eval: EvalSpec {
+        data: DataParams::new(shards, batch_size),
+        eval: EvalParams {
             max_sequences: 0,
             batch_size: 16,
         },
         train,
         distill,
     }
+}
+
+/// Checks and runs a distillation job (what `mome distill` does).
+pub fn run(p: &DistillParams) -> Result<DistillOutcome> {
+    run_distill(&p.check()?)
+}
+
+/// The repository's seed tokenizer: a real `tokenizer.json` whose hash is not the
+/// test shards' [`SHA`].
+pub fn other_tokenizer() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data/tokenizer/En_De_Fr_Py_Tokenizer/tokenizer.json")
 }
 
 /// Trains a 2-layer teacher (CE only) on `shards`; returns its model folder.
@@ -138,5 +146,5 @@ pub fn train_teacher(root: &Path, shards: &Path, steps: u64) -> PathBuf {
         },
         16,
     );
-    run_distill(&j).unwrap().model_dir
+    run(&j).unwrap().model_dir
 }

@@ -1,0 +1,166 @@
+//! The causal language-model loss: shifted next-token cross-entropy, fp32.
+
+use tch::{Kind, Reduction, Tensor};
+
+use super::model::check_int_kind;
+use crate::error::{Error, Result};
+
+/// The shapes of `logits` `[B, T, V]` and `input_ids` `[B, T]` (integer ids, at
+/// least 2 positions), checked against each other.
+fn checked_shapes(logits: &Tensor, input_ids: &Tensor) -> Result<(Vec<i64>, Vec<i64>)> {
+    let ls = logits.size();
+    let is = input_ids.size();
+    if ls.len() != 3 || is.len() != 2 || ls[0] != is[0] || ls[1] != is[1] {
+        return Err(Error::Input(format!(
+            "logits [B, T, V] and input_ids [B, T] disagree: {ls:?} vs {is:?}"
+        )));
+    }
+    check_int_kind(input_ids, "input_ids")?;
+    if ls[1] < 2 {
+        return Err(Error::Input(format!(
+            "need at least 2 positions for a next-token loss, got {}",
+            ls[1]
+        )));
+    }
+    Ok((ls, is))
+}
+
+fn shifted_targets(
+    logits: &Tensor,
+    input_ids: &Tensor,
+    attention_mask: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let (ls, is) = checked_shapes(logits, input_ids)?;
+    let (t, v) = (ls[1], ls[2]);
+    let device = logits.device();
+    let logits = logits
+        .narrow(1, 0, t - 1)
+        .to_kind(Kind::Float)
+        .reshape([-1, v]);
+    let mut targets = input_ids
+        .to_device(device)
+        .to_kind(Kind::Int64)
+        .narrow(1, 1, t - 1);
+    if let Some(m) = attention_mask {
+        if m.size() != is {
+            return Err(Error::Input(format!(
+                "attention_mask must have the shape of input_ids {is:?}, got {:?}",
+                m.size()
+            )));
+        }
+        let m = m.to_device(device).ne(0);
+        let keep = m.narrow(1, 0, t - 1).logical_and(&m.narrow(1, 1, t - 1));
+        targets = targets.where_self(&keep, &Tensor::from(-100i64).to_device(device));
+    }
+    Ok((logits, targets.reshape([-1])))
+}
+
+/// Shifted next-token cross-entropy, fp32, summed over counted targets.
+///
+/// Target `ids[:, t+1]` is predicted from position `t`; with a mask it counts only when
+/// both positions are real (mask 1). For right padding this is exactly Hugging Face's
+/// `labels = ids` with pads set to -100; for left padding it also skips the first real
+/// token, whose context is only padding. Returns `(sum, count)`.
+pub fn causal_lm_loss_sum(
+    logits: &Tensor,
+    input_ids: &Tensor,
+    attention_mask: Option<&Tensor>,
+) -> Result<(Tensor, i64)> {
+    let (logits, targets) = shifted_targets(logits, input_ids, attention_mask)?;
+    let count = targets.ne(-100).sum(Kind::Int64).f_int64_value(&[])?;
+    let sum = logits.f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, -100, 0.0)?;
+    Ok((sum, count))
+}
+
+/// Targets aligned with *every* position: `[B * T]` with `ids[:, t+1]` at position
+/// `t` and -100 (ignored) at the last position and where the mask drops a pair, and
+/// the logits as a `[B * T, V]` view (no copy of the full-vocabulary tensor).
+fn aligned_targets(
+    logits: &Tensor,
+    input_ids: &Tensor,
+    attention_mask: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let (ls, is) = checked_shapes(logits, input_ids)?;
+    let (b, t, v) = (ls[0], ls[1], ls[2]);
+    let device = logits.device();
+    let ids = input_ids.to_device(device).to_kind(Kind::Int64);
+    let ignore = Tensor::full([b, 1], -100i64, (Kind::Int64, device));
+    let mut targets = Tensor::cat(&[ids.narrow(1, 1, t - 1), ignore], 1);
+    if let Some(m) = attention_mask {
+        if m.size() != is {
+            return Err(Error::Input(format!(
+                "attention_mask must have the shape of input_ids {is:?}, got {:?}",
+                m.size()
+            )));
+        }
+        let m = m.to_device(device).ne(0);
+        let pair = m.narrow(1, 0, t - 1).logical_and(&m.narrow(1, 1, t - 1));
+        let keep = Tensor::cat(&[pair, Tensor::zeros([b, 1], (Kind::Bool, device))], 1);
+        targets = targets.where_self(&keep, &Tensor::from(-100i64).to_device(device));
+    }
+    Ok((logits.reshape([-1, v]), targets.reshape([-1])))
+}
+
+/// Mean shifted next-token cross-entropy over counted targets (see
+/// [`causal_lm_loss_sum`]), fp32, differentiable. No host synchronisation: with no
+/// counted target at all the result is 0.
+///
+/// `logits` may be fp32 or the compute kind (bf16): the upcast happens inside one
+/// `log_softmax(.., Float)` over all positions (the last one is ignored through its
+/// target), so no shifted copy and no separate fp32 copy of the logits is made.
+pub fn causal_lm_loss(
+    logits: &Tensor,
+    input_ids: &Tensor,
+    attention_mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (logits, targets) = aligned_targets(logits, input_ids, attention_mask)?;
+    let count = targets.ne(-100).sum(Kind::Float).clamp_min(1.0);
+    let sum = logits
+        .f_log_softmax(-1, Kind::Float)?
+        .f_nll_loss::<Tensor>(&targets, None, Reduction::Sum, -100)?;
+    Ok(sum / count)
+}
+
+#[cfg(test)]
+mod loss_tests {
+    use super::*;
+    use tch::Device;
+
+    /// The original formulation: shifted copy + cross_entropy.
+    fn reference(logits: &Tensor, ids: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let (l, t) = shifted_targets(logits, ids, mask).unwrap();
+        let count = t.ne(-100).sum(Kind::Float).clamp_min(1.0);
+        l.cross_entropy_loss::<Tensor>(&t, None, Reduction::Sum, -100, 0.0) / count
+    }
+
+    #[test]
+    fn aligned_loss_equals_shifted_cross_entropy_value_and_grad() {
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        let ids = Tensor::randint(50, [3, 7], (Kind::Int64, Device::Cpu));
+        let mask = Tensor::ones([3, 7], (Kind::Int64, Device::Cpu));
+        let _ = mask.narrow(1, 5, 2).narrow(0, 1, 1).fill_(0);
+        for m in [None, Some(&mask)] {
+            let z = (Tensor::randn([3, 7, 50], opts) * 3.0).set_requires_grad(true);
+            let a = causal_lm_loss(&z, &ids, m).unwrap();
+            let ga = Tensor::run_backward(&[&a], &[&z], false, false).remove(0);
+            let b = reference(&z, &ids, m);
+            let gb = Tensor::run_backward(&[&b], &[&z], false, false).remove(0);
+            let (va, vb) = (a.double_value(&[]), b.double_value(&[]));
+            assert!((va - vb).abs() < 1e-5 * vb.abs().max(1.0), "{va} vs {vb}");
+            let gd = (&ga - &gb).abs().max().double_value(&[]);
+            assert!(gd < 1e-6, "grad diff {gd}");
+        }
+    }
+
+    #[test]
+    fn bf16_logits_upcast_inside_the_loss() {
+        tch::manual_seed(4);
+        let ids = Tensor::randint(40, [2, 5], (Kind::Int64, Device::Cpu));
+        let z = Tensor::randn([2, 5, 40], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let a = causal_lm_loss(&z, &ids, None).unwrap();
+        assert_eq!(a.kind(), Kind::Float);
+        let b = reference(&z.to_kind(Kind::Float), &ids, None);
+        assert!((a.double_value(&[]) - b.double_value(&[])).abs() < 1e-5);
+    }
+}
