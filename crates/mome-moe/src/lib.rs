@@ -16,6 +16,7 @@
 //! - [`kd`]: [`DistillLoss`], training the experts by distillation from a teacher.
 //! - [`eval`]: per-setting, per-domain evaluation and the Markdown grid table.
 //! - [`generate`](mod@generate): routed generation with one KV cache per active expert.
+//! - [`text`]: text in, text out through a GPT-2 or MoE folder (`mome generate`).
 //! - [`forgetting`]: the catastrophic forgetting study of method §8 (sequential vs
 //!   balanced vs MoE training).
 //!
@@ -30,6 +31,7 @@ pub mod io;
 pub mod kd;
 pub mod model;
 pub mod routing;
+pub mod text;
 pub mod train;
 
 pub use config::{paper_grid, Arch, ExpertId, MoeConfig, Setting, UsedExperts, COMMON, PAPER_GRID};
