@@ -91,13 +91,15 @@ fn default_seq_len() -> usize {
     1024
 }
 fn default_sampler() -> SamplerKind {
-    SamplerKind::Mixed
+    // `mome train`'s `[data] sampler` default, from its one place.
+    mome_core::job::DataParams::new("", 1).sampler
 }
 fn default_true() -> bool {
     true
 }
-fn default_half() -> f64 {
-    0.5
+fn default_alpha() -> f64 {
+    // `mome experiment kd`'s `[kd] alpha` default, from its one place.
+    mome_distill::experiment::KdSection::default().alpha
 }
 fn default_eval_batch() -> usize {
     EvalParams::default().batch_size
@@ -252,7 +254,7 @@ pub struct KdStage {
     #[serde(default = "default_kd_losses")]
     pub losses: Vec<KdLoss>,
     /// `alpha` of the fixed runs, initial `alpha` of the adaptive runs (default 0.5).
-    #[serde(default = "default_half")]
+    #[serde(default = "default_alpha")]
     pub alpha: f64,
     /// Adaptive history length (default `max(20, max_steps / 100)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -268,7 +270,7 @@ impl Default for KdStage {
             enabled: true,
             strategies: default_kd_strategies(),
             losses: default_kd_losses(),
-            alpha: default_half(),
+            alpha: default_alpha(),
             history: None,
             max_steps: None,
         }
