@@ -214,6 +214,8 @@ fn check_report(out: &Path) {
         "### ple",
         "### jeet",
         "### moe-ce",
+        "### Cost of routing",
+        "| jeet | all |",
         "(students/kd/alpha.png)",
         "(router/compare/confusion_logreg_in_domain.png)",
         " pipeline --config",

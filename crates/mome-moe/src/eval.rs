@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use mome_data::shards::ShardSet;
 use mome_experts::eval::EvalBatch;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::config::{Setting, UsedExperts};
@@ -18,7 +18,7 @@ use crate::routing::{ExpertChoice, ResolvedSetting, SequenceRouter};
 pub use mome_experts::eval::DomainEval;
 
 /// Figures of one setting.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SettingEval {
     /// Position in the list of settings (1-based).
     pub index: usize,
@@ -28,7 +28,9 @@ pub struct SettingEval {
     pub skipped: Option<String>,
     /// domain -> figures.
     pub domains: BTreeMap<String, DomainEval>,
-    /// Token-weighted mean loss over the domains.
+    /// Token-weighted mean loss over the domains (NaN for a skipped setting, written
+    /// as `null` in JSON).
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean_loss: f64,
     /// Parameters a sequence runs through (largest over the evaluated sequences).
     pub active_parameters: i64,
@@ -42,8 +44,13 @@ pub struct SettingEval {
     pub seconds: f64,
 }
 
+/// Reads a number, or `null` as NaN (how serde_json writes a NaN).
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// Routing of one domain's sequences against the domain label.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DomainRouting {
     /// Sequences routed.
     pub sequences: usize,
@@ -58,7 +65,7 @@ pub struct DomainRouting {
 }
 
 /// Routing accuracy of a router against the shards' domain labels.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoutingEval {
     /// The router's classes.
     pub classes: Vec<String>,
@@ -71,7 +78,7 @@ pub struct RoutingEval {
 }
 
 /// What `mome moe eval` writes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
     /// The split evaluated.
     pub split: String,

@@ -591,3 +591,26 @@ fn imported_seed_router_routes_by_class_name() {
     }
     assert!(checked >= 10, "only {checked} samples");
 }
+
+/// A grid report with skipped settings (NaN losses, `null` in JSON) reads back.
+#[test]
+fn an_eval_report_with_skipped_settings_round_trips_through_json() {
+    let s = mome_moe::SettingEval {
+        index: 2,
+        setting: Setting::routed(true),
+        skipped: Some("the model has no common expert".into()),
+        domains: Default::default(),
+        mean_loss: f64::NAN,
+        active_parameters: 0,
+        expert_sequences: Default::default(),
+        routing_accuracy: None,
+        tokens_per_second: 0.0,
+        seconds: 0.0,
+    };
+    let text = serde_json::to_string(&s).unwrap();
+    assert!(text.contains("\"mean_loss\":null"), "{text}");
+    let back: mome_moe::SettingEval = serde_json::from_str(&text).unwrap();
+    assert!(back.mean_loss.is_nan());
+    assert_eq!(back.setting, s.setting);
+    assert_eq!(back.skipped, s.skipped);
+}

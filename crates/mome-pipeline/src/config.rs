@@ -262,6 +262,10 @@ pub struct KdStage {
     /// Steps of every run (default `[students.train] max_steps`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_steps: Option<u64>,
+    /// Seeds: every run repeated with each, mean ± sd in the report (default: the
+    /// run's seed once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
 }
 
 impl Default for KdStage {
@@ -273,6 +277,7 @@ impl Default for KdStage {
             alpha: default_alpha(),
             history: None,
             max_steps: None,
+            seeds: Vec::new(),
         }
     }
 }
@@ -703,6 +708,7 @@ impl PipelineConfig {
             losses: self.kd.losses.clone(),
             strategies: self.kd.strategies.clone(),
             kd_chunk: self.students.distill.kd_chunk,
+            seeds: self.kd.seeds.clone(),
         }
     }
 }

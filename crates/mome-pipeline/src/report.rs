@@ -9,7 +9,7 @@ use mome_data::encode::EncodeReport;
 use mome_data::tokenizer::TokenizerStats;
 use mome_experts::eval::EvalReport;
 use mome_moe::io::PleSummary;
-use mome_moe::{Arch, MoeConfig, MoeTrainSummary};
+use mome_moe::{Arch, EvalReport as MoeEvalReport, MoeConfig, MoeTrainSummary};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -273,6 +273,9 @@ pub fn write_report(layout: &Layout, cfg: &PipelineConfig, plans: &[StagePlan]) 
         ));
         md.push('\n');
     }
+    if cfg.grid.router {
+        md.push_str(&routing_cost(layout, cfg)?);
+    }
 
     // Forgetting.
     md.push_str("## 8. Catastrophic forgetting\n\n");
@@ -303,6 +306,46 @@ pub fn write_report(layout: &Layout, cfg: &PipelineConfig, plans: &[StagePlan]) 
     }
     mome_data::fsutil::write_atomic(&root.join("report.md"), md.as_bytes())?;
     Ok(())
+}
+
+/// The cost of routing: the routed setting's validation loss with the router's
+/// choices against the oracle's (each sequence to its own domain's expert).
+fn routing_cost(layout: &Layout, cfg: &PipelineConfig) -> Result<String> {
+    let mut md = String::from("### Cost of routing\n\nThe routed setting (the routed expert, plus the common expert when the model has one): validation loss with the router's choices, with each sequence sent to its own domain's expert (oracle, by label), and their difference (the cost of the router's mistakes).\n\n| model | domain | router | oracle | cost |\n|---|---|---|---|---|\n");
+    for &arch in &cfg.moe.archs {
+        let dir = layout.stage("grid").join(arch.name()).join("cost");
+        let setting = |name: &str| -> Result<mome_moe::SettingEval> {
+            let f = dir.join(name).join("report.json");
+            let rep: MoeEvalReport = read_json(&f)?;
+            need(rep.settings.into_iter().next(), || {
+                format!("{}: the routed setting", f.display())
+            })
+        };
+        let (r, o) = (setting("router")?, setting("oracle")?);
+        for (d, oe) in &o.domains {
+            let re = need(r.domains.get(d), || {
+                format!("{}: domain {d}", dir.display())
+            })?;
+            let _ = writeln!(
+                md,
+                "| {} | {d} | {:.4} | {:.4} | {:+.4} |",
+                arch.name(),
+                re.loss,
+                oe.loss,
+                re.loss - oe.loss
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| {} | all | {:.4} | {:.4} | {:+.4} |",
+            arch.name(),
+            r.mean_loss,
+            o.mean_loss,
+            r.mean_loss - o.mean_loss
+        );
+    }
+    md.push('\n');
+    Ok(md)
 }
 
 #[cfg(test)]

@@ -582,6 +582,25 @@ pub fn run_stage(name: &str, cfg: &PipelineConfig, l: &Layout, quiet: bool) -> R
                     cfg.run.device.resolve()?,
                 )?;
                 report.write(&dir.join(arch.name()))?;
+                if let Some(r) = &router {
+                    // The cost of routing: the routed setting with the router's
+                    // choices and with each sequence sent to its own domain's expert
+                    // by its label (the oracle).
+                    let cfg_path = l.moe_model(arch).join(mome_moe::io::CONFIG_FILE);
+                    let mc: mome_moe::MoeConfig = mome_core::job::read_json(&cfg_path)?;
+                    let routed = [mome_moe::Setting::routed(mc.common_expert)];
+                    for (name, with) in [("router", Some(r.as_path())), ("oracle", None)] {
+                        let rep = evaluate_moe_dir(
+                            &l.moe_model(arch),
+                            &l.shards(),
+                            &routed,
+                            &opts,
+                            with,
+                            cfg.run.device.resolve()?,
+                        )?;
+                        rep.write(&dir.join(arch.name()).join("cost").join(name))?;
+                    }
+                }
                 let mut line = format!(
                     "mome moe eval --model {} --shards {} --grid paper --max-sequences {} --batch-size {} --device {} --out-dir {}",
                     l.moe_model(arch).display(),
