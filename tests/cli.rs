@@ -340,3 +340,208 @@ fn bench_train_every_mode_runs_on_cpu() {
         }
     }
 }
+
+/// A copy of the prepared balanced folder in `dir`.
+fn balanced_copy(dir: &Path) -> PathBuf {
+    let out = dir.join("balanced");
+    for split in ["train", "validation"] {
+        std::fs::create_dir_all(out.join(split)).unwrap();
+        for d in ["en", "fr", "de", "py"] {
+            let f = format!("{split}/{d}.jsonl");
+            std::fs::copy(prepared().join("balanced").join(&f), out.join(&f)).unwrap();
+        }
+    }
+    out
+}
+
+/// `mome data encode` and `mome tokenizer train` refuse an empty train file as
+/// `mome data balance` does, naming the file and the domain, unless
+/// `--allow-empty-domains`.
+#[test]
+fn empty_train_domains_are_refused_unless_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let balanced = balanced_copy(tmp.path());
+    std::fs::write(balanced.join("train/en.jsonl"), "").unwrap();
+    let tok = prepared().join("tok.json");
+    let encode = |out: &str, allow: bool| {
+        let mut c = mome();
+        c.args(["data", "encode", "--seq-len", "64", "--tokenizer"])
+            .arg(&tok)
+            .arg("--input")
+            .arg(&balanced)
+            .arg("--out")
+            .arg(tmp.path().join(out));
+        if allow {
+            c.arg("--allow-empty-domains");
+        }
+        c
+    };
+    let err = run_err(&mut encode("shards", false));
+    assert!(
+        err.contains("train/en.jsonl") && err.contains("domain `en`"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-empty-domains"), "{err}");
+    assert!(!tmp.path().join("shards").exists());
+    run_ok(&mut encode("shards", true));
+    let stats = run_ok(
+        mome()
+            .args(["data", "stats"])
+            .arg(tmp.path().join("shards")),
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert!(
+        stats["splits"]["train"]["domains"]["en"].is_null(),
+        "{stats}"
+    );
+    assert!(
+        stats["splits"]["train"]["domains"]["fr"].is_object(),
+        "{stats}"
+    );
+
+    let train_tok = |allow: bool| {
+        let mut c = mome();
+        c.args(["tokenizer", "train", "--vocab-size", "300", "--input"])
+            .arg(&balanced)
+            .arg("--out")
+            .arg(tmp.path().join("tok.json"));
+        if allow {
+            c.arg("--allow-empty-domains");
+        }
+        c
+    };
+    let err = run_err(&mut train_tok(false));
+    assert!(
+        err.contains("train/en.jsonl") && err.contains("domain `en`"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("tok.json").exists());
+    run_ok(&mut train_tok(true));
+    assert!(tmp.path().join("tok.json").is_file());
+}
+
+/// `mome data encode` reports invalid UTF-8 as `file:LINE`, with the cause once.
+#[test]
+fn encode_names_the_line_of_invalid_utf8() {
+    let tmp = tempfile::tempdir().unwrap();
+    let balanced = balanced_copy(tmp.path());
+    let fr = balanced.join("train/fr.jsonl");
+    let mut bytes = std::fs::read(&fr).unwrap();
+    let third = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'\n')
+        .nth(1)
+        .unwrap()
+        .0;
+    // a bad byte inside the text of line 3
+    bytes.splice(third + 12..third + 12, [0xff]);
+    std::fs::write(&fr, bytes).unwrap();
+    let err = run_err(
+        mome()
+            .args(["data", "encode", "--seq-len", "64", "--tokenizer"])
+            .arg(prepared().join("tok.json"))
+            .arg("--input")
+            .arg(&balanced)
+            .arg("--out")
+            .arg(tmp.path().join("shards")),
+    );
+    assert!(err.contains("fr.jsonl:3: invalid UTF-8"), "{err}");
+    assert_eq!(err.matches("invalid utf-8 sequence").count(), 1, "{err}");
+}
+
+/// An error's cause is printed once, after the file it concerns.
+#[test]
+fn error_causes_are_printed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("missing-shards.toml");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(write_config(tmp.path(), "m", "max_steps = 2"))
+            .unwrap()
+            .replace(
+                &prepared().join("shards").display().to_string(),
+                &tmp.path().join("no-shards").display().to_string(),
+            ),
+    )
+    .unwrap();
+    let err = run_err(mome().arg("train").arg("--config").arg(&cfg));
+    assert!(err.contains("manifest.json"), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    let err = run_err(
+        mome()
+            .args(["eval", "--device", "cpu", "--model"])
+            .arg(tmp.path().join("nope"))
+            .arg("--shards")
+            .arg(prepared().join("shards")),
+    );
+    assert!(err.contains("config.json: "), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    // a config.json that is not JSON: the file, then serde's message once
+    let model = tmp.path().join("badcfg");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(
+        model.join("config.json"),
+        "{\"n_embd\": 32,\n \"n_head\": }",
+    )
+    .unwrap();
+    let err = run_err(
+        mome()
+            .args(["eval", "--device", "cpu", "--model"])
+            .arg(&model)
+            .arg("--shards")
+            .arg(prepared().join("shards")),
+    );
+    assert!(err.contains("badcfg/config.json"), "{err}");
+    assert_eq!(err.matches("column").count(), 1, "{err}");
+}
+
+/// `mome eval` and `mome generate` on a model with a NaN weight fail naming the
+/// tensor, instead of a table of NaN losses or "no probability mass".
+#[test]
+fn nan_weights_are_refused_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model_dir = tmp.path().join("nan-model");
+    {
+        let cfg = mome_experts::Gpt2Config {
+            vocab_size: 1000,
+            n_positions: 64,
+            n_embd: 32,
+            n_layer: 1,
+            n_head: 2,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+            ..mome_experts::Gpt2Config::default()
+        };
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let model = mome_experts::Gpt2LmHeadModel::new(&vs.root(), &cfg).unwrap();
+        let (_, w) = model
+            .named_parameters()
+            .into_iter()
+            .find(|(n, _)| n == "transformer.h.0.ln_2.weight")
+            .unwrap();
+        tch::no_grad(|| {
+            let _ = w.get(3).fill_(f64::NAN);
+        });
+        model.save_pretrained(&model_dir).unwrap();
+    }
+    let err = run_err(
+        mome()
+            .args(["eval", "--device", "cpu", "--model"])
+            .arg(&model_dir)
+            .arg("--shards")
+            .arg(prepared().join("shards")),
+    );
+    assert!(err.contains("transformer.h.0.ln_2.weight"), "{err}");
+    assert!(err.contains("non-finite"), "{err}");
+    let err = run_err(
+        mome()
+            .args([
+                "generate", "--device", "cpu", "--prompt", "Debian", "--model",
+            ])
+            .arg(&model_dir)
+            .arg("--tokenizer")
+            .arg(prepared().join("tok.json")),
+    );
+    assert!(err.contains("transformer.h.0.ln_2.weight"), "{err}");
+}

@@ -358,3 +358,154 @@ fn router_calibrate_and_ood_report() {
         "{loose}"
     );
 }
+
+/// `mome route` with `input` on stdin (and `extra` flags).
+fn route_stdin(router: &Path, input: &[u8], extra: &[&str]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = mome()
+        .args(["route", "--router"])
+        .arg(router)
+        .arg("--tokenizer")
+        .arg(tokenizer_path())
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn records(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Issue 20, case 1: `printf 'hello\ndef f(x):\nbad \xff here\nbonjour\n' | mome route`
+/// printed 2 lines, then `error: stream did not contain valid UTF-8`.
+#[test]
+fn route_goes_on_after_an_invalid_utf8_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let router = tmp.path().join("seed.json");
+    run_ok(
+        mome()
+            .args(["router", "import-sklearn", "--params"])
+            .arg(seed_params())
+            .arg("--out")
+            .arg(&router),
+    );
+    let input = b"hello\ndef f(x):\nbad \xff here\nbonjour\n";
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    // Default: an error record for line 3, every other line routed.
+    let out = route_stdin(&router, input, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recs = records(&out);
+    assert_eq!(recs.len(), 4, "{recs:?}");
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r["line"], i + 1, "{r}");
+    }
+    assert_eq!(recs[2]["error"], "invalid-utf8", "{}", recs[2]);
+    assert!(
+        recs[2]["message"].as_str().unwrap().contains("byte 4"),
+        "{}",
+        recs[2]
+    );
+    for i in [0, 1, 3] {
+        let p = recs[i]["probabilities"].as_object().unwrap();
+        assert_eq!(p.len(), 4, "{}", recs[i]);
+        let s: f64 = p.values().map(|v| v.as_f64().unwrap()).sum();
+        approx::assert_abs_diff_eq!(s, 1.0, epsilon = 1e-9);
+        assert!(recs[i]["label"].is_string());
+    }
+    assert!(stderr(&out).contains("1 error records"), "{}", stderr(&out));
+    // The line after the bad one is routed as on its own.
+    let alone = run_ok(
+        mome()
+            .args(["route", "--router"])
+            .arg(&router)
+            .arg("--tokenizer")
+            .arg(tokenizer_path())
+            .arg("bonjour"),
+    );
+    let alone: serde_json::Value = serde_json::from_slice(&alone.stdout).unwrap();
+    assert_eq!(recs[3]["probabilities"], alone["probabilities"]);
+    // lossy: line 3 routed from "bad \u{FFFD} here", flagged.
+    let out = route_stdin(&router, input, &["--invalid-utf8", "lossy"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recs = records(&out);
+    assert_eq!(recs.len(), 4);
+    assert_eq!(recs[2]["lossy"], true, "{}", recs[2]);
+    assert!(recs[2]["label"].is_string());
+    assert!(recs[1].get("lossy").is_none());
+    // fail: stops at line 3, naming it, after the records of lines 1 and 2.
+    let out = route_stdin(&router, input, &["--invalid-utf8", "fail"]);
+    assert!(!out.status.success());
+    assert_eq!(records(&out).len(), 2);
+    assert!(
+        stderr(&out).contains("stdin:3: invalid UTF-8 at byte 4"),
+        "{}",
+        stderr(&out)
+    );
+    // CRLF line ends and a line over --max-line-bytes.
+    let out = route_stdin(
+        &router,
+        b"bonjour\r\nhello hello\r\n",
+        &["--max-line-bytes", "8"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recs = records(&out);
+    assert_eq!(
+        recs[0]["probabilities"], alone["probabilities"],
+        "\\r dropped"
+    );
+    assert_eq!(recs[1]["error"], "too-long", "{}", recs[1]);
+    // An unknown mode is refused by the argument parser.
+    let err = common::run_err(
+        mome()
+            .args(["route", "--invalid-utf8", "skip", "--router"])
+            .arg(&router)
+            .arg("--tokenizer")
+            .arg(tokenizer_path()),
+    );
+    assert!(err.contains("error-record"), "{err}");
+}
+
+/// Issue 20, case 4: a router file with 1e308 coefficients loaded and printed `null`
+/// probabilities with exit 0.
+#[test]
+fn route_refuses_a_router_file_with_overflowing_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let router = tmp.path().join("seed.json");
+    run_ok(
+        mome()
+            .args(["router", "import-sklearn", "--params"])
+            .arg(seed_params())
+            .arg("--out")
+            .arg(&router),
+    );
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&router).unwrap()).unwrap();
+    v["classifier"]["model"]["linear"]["coef"][0][0] = 1e308.into();
+    v["classifier"]["model"]["linear"]["coef"][1][0] = (-1e308).into();
+    let bad = tmp.path().join("overflow.json");
+    std::fs::write(&bad, serde_json::to_vec(&v).unwrap()).unwrap();
+    let err = common::run_err(
+        mome()
+            .args(["route", "--router"])
+            .arg(&bad)
+            .arg("--tokenizer")
+            .arg(tokenizer_path())
+            .arg("hello"),
+    );
+    assert!(
+        err.contains(&format!(
+            "{}: invalid router: classifier.model.linear.coef[0][0] = 1e308",
+            bad.display()
+        )),
+        "{err}"
+    );
+}

@@ -91,6 +91,11 @@ pub struct EncodeArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 1024)]
     seq_len: usize,
+    /// Encode even when a domain has no training data (an empty or missing
+    /// `train/<domain>.jsonl`, or too few tokens for one sequence); by default that
+    /// is an error naming the file and the domain.
+    #[arg(long)]
+    allow_empty_domains: bool,
     /// Output shard folder (written atomically).
     #[arg(long)]
     out: PathBuf,
@@ -118,6 +123,11 @@ pub struct TokenizerTrainArgs {
     /// Minimum pair frequency of a merge.
     #[arg(long, default_value_t = 2)]
     min_frequency: u64,
+    /// Train even when a domain has no training text (an empty `train/<domain>.jsonl`,
+    /// or none while `validation/<domain>.jsonl` exists); by default that is an error
+    /// naming the file and the domain.
+    #[arg(long)]
+    allow_empty_domains: bool,
     /// Output tokenizer.json (written atomically).
     #[arg(long)]
     out: PathBuf,
@@ -147,6 +157,7 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
             let (tok, sha) = load_tokenizer(&a.tokenizer)?;
             let opts = EncodeOptions {
                 seq_len: a.seq_len,
+                allow_empty_domains: a.allow_empty_domains,
                 ..EncodeOptions::for_tokenizer(&tok)
             };
             eprintln!("encoding {} -> {}", a.input.display(), a.out.display());
@@ -233,6 +244,7 @@ pub fn run_tokenizer(cmd: TokenizerCommand) -> Result<()> {
             let cfg = TokenizerTrainConfig {
                 vocab_size: a.vocab_size,
                 min_frequency: a.min_frequency,
+                allow_empty_domains: a.allow_empty_domains,
                 show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 ..TokenizerTrainConfig::default()
             };

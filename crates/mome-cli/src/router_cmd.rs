@@ -2,22 +2,25 @@
 //! parse the arguments, build the library's parameters, check them, call one
 //! `mome_router` function, print. Every default comes from `mome_router`.
 
-use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use mome_router::data;
+use mome_router::lines::RoutedLine;
 use mome_router::params::{DocSource, ParamGuard, CALIBRATION_PASSAGES};
-use mome_router::{CalibrationConfig, CompareParams, DataParams, Router, TrainParams};
+use mome_router::{
+    CalibrationConfig, CompareParams, DataParams, RouteLinesParams, Router, RouterError,
+    TrainParams,
+};
 
 /// The library's defaults, as `--help` shows them.
 static DATA: LazyLock<DataParams> = LazyLock::new(DataParams::default);
 static TRAIN: LazyLock<TrainParams> = LazyLock::new(TrainParams::default);
 static COMPARE: LazyLock<CompareParams> = LazyLock::new(CompareParams::default);
 static CALIBRATION: LazyLock<CalibrationConfig> = LazyLock::new(CalibrationConfig::default);
+static ROUTE_LINES: LazyLock<RouteLinesParams> = LazyLock::new(RouteLinesParams::default);
 static PASSAGE_LENGTHS: LazyLock<String> = LazyLock::new(|| joined(&DATA.passage_lengths));
 static CHAR_NGRAM_RANGE: LazyLock<String> = LazyLock::new(|| joined(&DATA.char_ngram_range));
 static CODE_LABELS: LazyLock<String> = LazyLock::new(|| joined(&COMPARE.code_labels));
@@ -290,6 +293,14 @@ pub struct BenchArgs {
 
 /// `mome route`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Without TEXT, every stdin line gives one JSON record on stdout, in \
+input order: {\"line\": N, \"label\", \"confident\", \"probabilities\"} for a routed \
+line (N is 1-based; empty lines are routed too), or {\"line\": N, \"error\": \
+\"invalid-utf8\"|\"too-long\"|\"route\", \"message\"} for a line that is not. Lines \
+are read as bytes; a \\r before the newline is dropped. A run with error records exits \
+0 and counts them on stderr."
+)]
 pub struct RouteArgs {
     /// Router file.
     #[arg(long)]
@@ -297,6 +308,18 @@ pub struct RouteArgs {
     /// Tokenizer file.
     #[arg(long)]
     tokenizer: PathBuf,
+    /// What to do with a stdin line that is not valid UTF-8: `error-record` writes
+    /// an error record naming the line and goes on; `lossy` routes the line decoded
+    /// with U+FFFD for each invalid sequence (its record has "lossy": true); `fail`
+    /// stops with an error naming the line (lines too long or not routable stop it
+    /// too).
+    #[arg(long, default_value = ROUTE_LINES.invalid_utf8.name(),
+          value_parser = ["error-record", "lossy", "fail"])]
+    invalid_utf8: String,
+    /// Longest stdin line routed, in bytes before the newline; a longer line is
+    /// skipped (never held in memory) with a "too-long" error record.
+    #[arg(long, default_value_t = ROUTE_LINES.max_line_bytes)]
+    max_line_bytes: usize,
     /// Text to route (otherwise one input per stdin line).
     text: Option<String>,
 }
@@ -455,31 +478,41 @@ fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// `mome route`.
+/// `mome route`: the text argument, or every stdin line through
+/// `mome_router::route_lines` (one record per line, bad lines included).
 pub fn run_route(a: RouteArgs) -> Result<()> {
+    let job = RouteLinesParams {
+        invalid_utf8: a.invalid_utf8.parse()?,
+        max_line_bytes: a.max_line_bytes,
+    }
+    .check()?;
     let router = Router::load_with_tokenizer(&a.router, &a.tokenizer)?;
-    let print = |text: &str| -> Result<()> {
-        let r = router.route_text(text)?;
-        let probs: BTreeMap<&str, f64> = router
-            .classes()
-            .iter()
-            .map(String::as_str)
-            .zip(r.probabilities.iter().copied())
-            .collect();
+    if let Some(t) = &a.text {
+        let r = router.route_text(t)?;
         println!(
             "{}",
-            serde_json::json!({"label": r.label, "confident": r.confident, "probabilities": probs})
+            serde_json::to_string(&RoutedLine::new(&router, &r, false))?
         );
-        Ok(())
-    };
-    match &a.text {
-        Some(t) => print(t),
-        None => {
-            for line in std::io::stdin().lock().lines() {
-                print(&line?)?;
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    match mome_router::route_lines(&router, std::io::stdin().lock(), "stdin", &job, &mut out) {
+        Ok(s) => {
+            if s.errors > 0 || s.lossy > 0 {
+                eprintln!(
+                    "mome route: {} lines, {} routed ({} decoded lossily), {} error records",
+                    s.lines, s.routed, s.lossy, s.errors
+                );
             }
             Ok(())
         }
+        // The reader of stdout went away (`mome route | head`): nothing left to do.
+        Err(RouterError::Output { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

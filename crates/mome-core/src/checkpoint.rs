@@ -13,6 +13,10 @@
 //! A folder is built under `step-XXXXXXXX.partial-<pid>` and renamed when complete, so
 //! a crash leaves no folder that [`CheckpointManager::latest`] would pick up; it only
 //! considers folders named exactly `step-<8+ digits>` holding the three core files.
+//! The `.partial-<pid>` folders of writers that are gone (a run killed mid-save) are
+//! removed when a manager opens the folder ([`CheckpointManager::new`], at the start
+//! of every run); those of a live process are left alone (see
+//! [`mome_data::fsutil::remove_stale_temporaries`]).
 //!
 //! **RNG and exact resume:** no generator state is saved. The trainer reseeds torch at
 //! the start of every optimizer step with [`step_seed`]`(seed, step)` (and derives
@@ -111,12 +115,25 @@ fn parse_step_dir(name: &str) -> Option<u64> {
 
 impl CheckpointManager {
     /// Manages checkpoints in `dir` (created on first save), keeping the last
-    /// `keep_last` (0 keeps all).
+    /// `keep_last` (0 keeps all). Opening the folder removes the partial checkpoint
+    /// folders of writers that are gone, best effort (see
+    /// [`Self::remove_stale_temporaries`]; garbage that cannot be removed does not stop
+    /// a run).
     pub fn new(dir: impl Into<PathBuf>, keep_last: usize) -> Self {
-        Self {
+        let m = Self {
             dir: dir.into(),
             keep_last,
-        }
+        };
+        let _ = m.remove_stale_temporaries();
+        m
+    }
+
+    /// Removes the `step-XXXXXXXX.partial-<pid>` folders whose writer process is gone
+    /// (a run killed mid-save); returns them. Those of live processes are kept.
+    pub fn remove_stale_temporaries(&self) -> Result<Vec<PathBuf>> {
+        Ok(fsutil::remove_stale_temporaries(&self.dir, |t| {
+            t.kind == fsutil::TempKind::Partial && parse_step_dir(t.target).is_some()
+        })?)
     }
 
     /// The folder holding the checkpoints.
@@ -302,6 +319,49 @@ mod tests {
             .save(600, &model, &opt, &[("../x", b"")], &state(600))
             .unwrap_err();
         assert!(e.to_string().contains("../x"));
+    }
+
+    /// The pid of a process that has exited and been reaped.
+    fn dead_pid() -> u32 {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn opening_removes_partial_folders_of_dead_writers_only() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ck");
+        let dead = dir.join(format!("step-00000004.partial-{}", dead_pid()));
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let live = dir.join(format!("step-00000008.partial-{}", sleeper.id()));
+        let mine = dir.join(format!("step-00000012.partial-{}", std::process::id()));
+        let not_a_step = dir.join(format!("notes.partial-{}", dead_pid()));
+        for d in [&dead, &live, &mine, &not_a_step] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join(MODEL_FILE), b"x").unwrap();
+        }
+        let m = CheckpointManager::new(&dir, 2);
+        let (live_kept, mine_kept) = (live.exists(), mine.exists());
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert!(
+            !dead.exists(),
+            "a dead writer's partial checkpoint is removed"
+        );
+        assert!(live_kept, "a live writer's partial checkpoint is kept");
+        assert!(mine_kept, "this process's partial checkpoint is kept");
+        assert!(
+            not_a_step.exists(),
+            "only checkpoint temporaries are touched"
+        );
+        assert_eq!(m.latest().unwrap(), None);
+        // Now that the sleeper is gone, its folder is stale too.
+        assert_eq!(m.remove_stale_temporaries().unwrap(), vec![live]);
     }
 
     #[test]

@@ -35,14 +35,16 @@ fn join<T: std::fmt::Display>(items: &[T]) -> String {
 }
 
 /// Everything that can go wrong in `mome-core`. Each variant names the file, field,
-/// tensor or step involved so that a user can act on it.
+/// tensor or step involved so that a user can act on it. A wrapped error is kept as
+/// the `source` and not repeated in the message, so printing the whole chain
+/// (anyhow's `{:#}`) shows every cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An error raised by libtorch.
-    #[error("libtorch: {0}")]
+    #[error(transparent)]
     Torch(#[from] tch::TchError),
-    /// An I/O error on a named path.
-    #[error("{path}: {source}")]
+    /// An I/O error on a named path (the message is the path; the cause is the source).
+    #[error("{}", path.display())]
     Io {
         /// The file or folder involved.
         path: PathBuf,
@@ -54,10 +56,10 @@ pub enum Error {
     #[error(transparent)]
     Data(#[from] mome_data::Error),
     /// JSON (de)serialisation failed.
-    #[error("json: {0}")]
+    #[error(transparent)]
     Json(#[from] serde_json::Error),
     /// A safetensors file could not be read or written.
-    #[error("{path}: safetensors: {source}")]
+    #[error("{}: invalid safetensors data", path.display())]
     Safetensors {
         /// The file involved.
         path: PathBuf,

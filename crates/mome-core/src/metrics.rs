@@ -4,7 +4,9 @@
 //! "grad_norm":..,"elapsed_s":..}`; eval lines: `{"kind":"eval","step":N,...}` with
 //! the fields the evaluation returned. On resume from step `S`, lines with
 //! `step > S` (written after that checkpoint by the interrupted run) are removed, so
-//! the file never holds a step twice.
+//! the file never holds a step twice. The file is rewritten atomically on open, which
+//! also removes the `metrics.jsonl.tmp-<pid>` files of writers that are gone (a run
+//! killed mid-rewrite); those of a live process are left alone.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -59,6 +61,8 @@ impl MetricsWriter {
     /// Opens `path`. With `resume_step: None` the file is started afresh; with
     /// `Some(s)` existing lines with a `step` greater than `s` are dropped (an
     /// unparsable trailing line from a crash is dropped too) and writing appends.
+    /// Stale temporaries of `path` left by killed writers are removed
+    /// ([`fsutil::write_atomic`]).
     pub fn open(path: &Path, resume_step: Option<u64>) -> Result<Self> {
         let mut lines = 0u64;
         match resume_step {
@@ -193,6 +197,39 @@ mod tests {
         drop(w);
         let _ = MetricsWriter::open(&p, None).unwrap();
         assert!(read_metrics(&p).unwrap().is_empty());
+    }
+
+    #[test]
+    fn open_removes_temporaries_of_dead_writers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let dead = c.id();
+        c.wait().unwrap();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let stale = dir.path().join(format!("metrics.jsonl.tmp-{dead}"));
+        let live = dir
+            .path()
+            .join(format!("metrics.jsonl.tmp-{}", sleeper.id()));
+        std::fs::write(&stale, b"{}").unwrap();
+        std::fs::write(&live, b"{}").unwrap();
+        for resume in [Some(3), None] {
+            std::fs::write(&stale, b"{}").unwrap();
+            drop(MetricsWriter::open(&p, resume).unwrap());
+            assert!(
+                !stale.exists(),
+                "{resume:?}: a dead writer's temporary is removed"
+            );
+            assert!(
+                live.exists(),
+                "{resume:?}: a live writer's temporary is kept"
+            );
+        }
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
     }
 
     #[test]

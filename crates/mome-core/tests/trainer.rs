@@ -317,6 +317,51 @@ fn resume_after_crash_matches_straight_run() {
     }
 }
 
+/// Temporaries left by a killed run (a partial checkpoint folder, a half-rewritten
+/// metrics file) are removed when the next run opens the folder; those of a live
+/// process are kept.
+#[test]
+fn the_next_run_removes_temporaries_of_dead_writers_only() {
+    let _g = lock();
+    let mut c = cfg(6);
+    c.checkpoint_every = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = Arith {
+        next: 0,
+        fail_at: Some(4),
+    };
+    train(c.clone(), dir.path(), false, &mut src, 1).unwrap_err();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let live = sleeper.id();
+    let ck = dir.path().join("checkpoints");
+    let stale_ck = ck.join(format!("step-00000006.partial-{dead}"));
+    let live_ck = ck.join(format!("step-00000006.partial-{live}"));
+    for d in [&stale_ck, &live_ck] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("model.safetensors"), b"partial").unwrap();
+    }
+    let stale_m = dir.path().join(format!("metrics.jsonl.tmp-{dead}"));
+    let live_m = dir.path().join(format!("metrics.jsonl.tmp-{live}"));
+    std::fs::write(&stale_m, b"{}").unwrap();
+    std::fs::write(&live_m, b"{}").unwrap();
+
+    let s = train(c, dir.path(), true, &mut Arith::new(), 2);
+    let kept = (live_ck.exists(), live_m.exists());
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(s.unwrap().final_step, 6);
+    assert!(!stale_ck.exists(), "stale partial checkpoint removed");
+    assert!(!stale_m.exists(), "stale metrics temporary removed");
+    assert_eq!(kept, (true, true), "a live writer's temporaries are kept");
+    assert!(ck.join("step-00000006").is_dir());
+}
+
 #[test]
 fn nan_loss_names_the_step() {
     let _g = lock();

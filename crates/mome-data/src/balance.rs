@@ -53,7 +53,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Instant;
 
@@ -1216,20 +1216,13 @@ fn truncate_aligned(
 
 /// Reads the records of a balanced output file (`DIR/train/<domain>.jsonl`).
 pub fn read_output(path: &Path) -> Result<Vec<Record>> {
-    let f = fs::File::open(path).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
     let mut out = Vec::new();
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+    for line in corpus::JsonlLines::open(path, corpus::Utf8Policy::Error)? {
+        let (line_no, line) = line?;
         out.push(serde_json::from_str(&line).map_err(|e| Error::JsonLine {
             path: path.to_path_buf(),
-            line: i + 1,
-            reason: format!("malformed JSON: {e}"),
+            line: line_no as usize,
+            reason: "malformed JSON".into(),
             source: Some(e),
         })?);
     }

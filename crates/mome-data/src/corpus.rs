@@ -160,13 +160,82 @@ enum Unit {
     File(PathBuf, String),
 }
 
+/// The non-blank lines of a JSON Lines file with their 1-based line numbers, read
+/// one at a time. Bytes that are not UTF-8 are an [`Error::InvalidUtf8`] naming
+/// `file:LINE`, or skipped and counted under [`Utf8Policy::Skip`]. Every reader of
+/// JSON Lines in this crate (corpora, balancing, the tokenizer, encoding) goes
+/// through it, so they report bad lines alike.
+pub(crate) struct JsonlLines {
+    path: PathBuf,
+    reader: BufReader<fs::File>,
+    line: u64,
+    buf: Vec<u8>,
+    policy: Utf8Policy,
+    skipped: u64,
+}
+
+impl JsonlLines {
+    /// Opens `path`.
+    pub(crate) fn open(path: &Path, policy: Utf8Policy) -> Result<Self> {
+        let f = fs::File::open(path).map_err(|e| io_err(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader: BufReader::with_capacity(1 << 20, f),
+            line: 0,
+            buf: Vec::new(),
+            policy,
+            skipped: 0,
+        })
+    }
+
+    /// The file read.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Lines skipped for invalid UTF-8 so far.
+    pub(crate) fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
+impl Iterator for JsonlLines {
+    /// `(line number, line without its end of line)`.
+    type Item = Result<(u64, String)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.buf.clear();
+            match self.reader.read_until(b'\n', &mut self.buf) {
+                Err(e) => return Some(Err(io_err(&self.path, e))),
+                Ok(0) => return None,
+                Ok(_) => {}
+            }
+            self.line += 1;
+            let text = match std::str::from_utf8(&self.buf) {
+                Ok(s) => s.trim_end_matches(['\n', '\r']),
+                Err(e) => {
+                    if self.policy == Utf8Policy::Skip {
+                        self.skipped += 1;
+                        continue;
+                    }
+                    return Some(Err(Error::InvalidUtf8 {
+                        path: self.path.clone(),
+                        line: Some(self.line),
+                        source: e,
+                    }));
+                }
+            };
+            if text.trim().is_empty() {
+                continue;
+            }
+            return Some(Ok((self.line, text.to_string())));
+        }
+    }
+}
+
 enum Current {
-    Jsonl {
-        path: PathBuf,
-        reader: BufReader<fs::File>,
-        line: u64,
-        buf: Vec<u8>,
-    },
+    Jsonl(JsonlLines),
     Parquet {
         path: PathBuf,
         rows: RowIter<'static>,
@@ -340,7 +409,11 @@ pub fn open(spec: &CorpusSpec) -> Result<RecordReader> {
 impl RecordReader {
     /// How many records were skipped for invalid UTF-8 so far (with [`Utf8Policy::Skip`]).
     pub fn skipped_invalid_utf8(&self) -> u64 {
-        self.skipped
+        let current = match &self.current {
+            Some(Current::Jsonl(lines)) => lines.skipped(),
+            _ => 0,
+        };
+        self.skipped + current
     }
 
     fn json_value_to_id(v: &serde_json::Value) -> Option<String> {
@@ -355,7 +428,7 @@ impl RecordReader {
         let v: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::JsonLine {
             path: path.to_path_buf(),
             line: line as usize,
-            reason: format!("malformed JSON: {e}"),
+            reason: "malformed JSON".into(),
             source: Some(e),
         })?;
         let obj = v.as_object().ok_or_else(|| Error::JsonLine {
@@ -366,7 +439,7 @@ impl RecordReader {
         })?;
         let missing = |field: &str, reason: &str| Error::MissingField {
             path: path.to_path_buf(),
-            record: format!("line {line}"),
+            line,
             field: field.to_string(),
             reason: reason.to_string(),
         };
@@ -415,7 +488,7 @@ impl RecordReader {
     ) -> Result<Record> {
         let missing = |field: &str, reason: &str| Error::MissingField {
             path: path.to_path_buf(),
-            record: format!("row {row_no}"),
+            line: row_no,
             field: field.to_string(),
             reason: reason.to_string(),
         };
@@ -442,43 +515,18 @@ impl RecordReader {
     fn next_inner(&mut self) -> Option<Result<Record>> {
         loop {
             match self.current.as_mut() {
-                Some(Current::Jsonl {
-                    path,
-                    reader,
-                    line,
-                    buf,
-                }) => {
-                    buf.clear();
-                    match reader.read_until(b'\n', buf) {
-                        Err(e) => return Some(Err(io_err(path, e))),
-                        Ok(0) => {
-                            self.current = None;
-                            continue;
-                        }
-                        Ok(_) => {}
-                    }
-                    *line += 1;
-                    let line_no = *line;
-                    let path = path.clone();
-                    let text = match std::str::from_utf8(buf) {
-                        Ok(s) => s.trim_end_matches(['\n', '\r']).to_string(),
-                        Err(e) => {
-                            if self.spec.on_invalid_utf8 == Utf8Policy::Skip {
-                                self.skipped += 1;
-                                continue;
-                            }
-                            return Some(Err(Error::InvalidUtf8 {
-                                path,
-                                line: Some(line_no),
-                                source: e,
-                            }));
-                        }
-                    };
-                    if text.trim().is_empty() {
+                Some(Current::Jsonl(lines)) => match lines.next() {
+                    None => {
+                        self.skipped += lines.skipped();
+                        self.current = None;
                         continue;
                     }
-                    return Some(self.parse_json_line(&path, line_no, &text));
-                }
+                    Some(Err(e)) => return Some(Err(e)),
+                    Some(Ok((line_no, text))) => {
+                        let path = lines.path().to_path_buf();
+                        return Some(self.parse_json_line(&path, line_no, &text));
+                    }
+                },
                 Some(Current::Parquet { path, rows, row }) => match rows.next() {
                     None => {
                         self.current = None;
@@ -499,18 +547,10 @@ impl RecordReader {
                 None => {}
             }
             match self.units.pop_front()? {
-                Unit::Jsonl(path) => {
-                    let f = match fs::File::open(&path) {
-                        Ok(f) => f,
-                        Err(e) => return Some(Err(io_err(&path, e))),
-                    };
-                    self.current = Some(Current::Jsonl {
-                        path,
-                        reader: BufReader::with_capacity(1 << 20, f),
-                        line: 0,
-                        buf: Vec::new(),
-                    });
-                }
+                Unit::Jsonl(path) => match JsonlLines::open(&path, self.spec.on_invalid_utf8) {
+                    Ok(lines) => self.current = Some(Current::Jsonl(lines)),
+                    Err(e) => return Some(Err(e)),
+                },
                 Unit::Parquet(path) => {
                     let reader = match SerializedFileReader::try_from(path.as_path()) {
                         Ok(r) => r,

@@ -8,10 +8,20 @@
 //!
 //! [`encode_dir`] reads a balanced-data folder: `DIR/<split>/<domain>.jsonl`, one
 //! JSON object per line with at least a `"text"` string field.
+//!
+//! **Empty domains.** When there is a train split, every domain must have training
+//! data: a domain whose `train/<domain>.jsonl` is missing (while
+//! `validation/<domain>.jsonl` exists), holds no document, or yields no full sequence
+//! is an [`Error::EmptyDomain`] naming the file and the domain, as [`crate::balance`]
+//! and the tokenizer report it, instead of shards that silently lack the domain.
+//! [`EncodeOptions::allow_empty_domains`] (`mome data encode --allow-empty-domains`)
+//! encodes what there is instead. An empty validation file is fine (balancing without
+//! a validation fraction writes them), and so is input without any train file
+//! (evaluation-only shards).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{BufRead, BufReader};
+use std::collections::BTreeSet;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,6 +29,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+use crate::corpus::{JsonlLines, Utf8Policy};
 use crate::shards::{valid_domain_name, ShardSet, ShardWriter, SPLITS};
 use crate::{Error, Result};
 
@@ -38,6 +49,10 @@ pub struct EncodeOptions {
     /// Drop each domain's final partial sequence (default true); when false it is
     /// padded with EOS to `seq_len`.
     pub drop_remainder: bool,
+    /// Encode even when a domain has no training data (default false: an
+    /// [`Error::EmptyDomain`], see the [module docs](self)).
+    #[serde(default)]
+    pub allow_empty_domains: bool,
 }
 
 impl Default for EncodeOptions {
@@ -49,6 +64,7 @@ impl Default for EncodeOptions {
             append_eos: true,
             batch_docs: 256,
             drop_remainder: true,
+            allow_empty_domains: false,
         }
     }
 }
@@ -175,7 +191,49 @@ impl<'a> Packer<'a> {
         Ok(())
     }
 
-    fn finish(mut self, started: Instant) -> Result<EncodeReport> {
+    /// Sequences written to `split`/`domain` so far.
+    fn sequences(&self, split: &str, domain: &str) -> u64 {
+        self.stats
+            .get(&(split.to_string(), domain.to_string()))
+            .map_or(0, |s| s.sequences)
+    }
+
+    /// Unless empty domains are allowed or there is no train split (`has_train`):
+    /// every domain must have produced a train sequence (call after
+    /// [`Self::flush_remainders`]). `file` names a domain's input.
+    fn check_train_domains(
+        &self,
+        has_train: bool,
+        domains: &BTreeSet<String>,
+        file: impl Fn(&str) -> String,
+    ) -> Result<()> {
+        if self.opts.allow_empty_domains || !has_train {
+            return Ok(());
+        }
+        for domain in domains {
+            if self.sequences("train", domain) > 0 {
+                continue;
+            }
+            let stats = self
+                .stats
+                .get(&("train".to_string(), domain.clone()))
+                .cloned()
+                .unwrap_or_default();
+            let why = if stats.documents == stats.empty_documents {
+                "no document with text".to_string()
+            } else {
+                format!(
+                    "{} tokens, too few for one {}-token sequence",
+                    stats.tokens_dropped, self.opts.seq_len
+                )
+            };
+            return Err(empty_train_domain(domain, &file(domain), &why));
+        }
+        Ok(())
+    }
+
+    /// Packs each domain's final partial sequence (dropped or padded).
+    fn flush_remainders(&mut self) -> Result<()> {
         let seq_len = self.opts.seq_len;
         for ((split, domain), mut buf) in std::mem::take(&mut self.buffers) {
             let stats = self
@@ -195,6 +253,11 @@ impl<'a> Packer<'a> {
                 stats.sequences += 1;
             }
         }
+        Ok(())
+    }
+
+    fn finish(mut self, started: Instant) -> Result<EncodeReport> {
+        self.flush_remainders()?;
         self.writer.finish()?;
         let seconds = started.elapsed().as_secs_f64();
         let mut splits: BTreeMap<String, BTreeMap<String, DomainEncodeStats>> = BTreeMap::new();
@@ -234,9 +297,23 @@ fn tokenize(
         })
 }
 
+/// The error of a domain without training data: names the domain and its input, and
+/// the way to go on without it.
+pub(crate) fn empty_train_domain(domain: &str, input: &str, why: &str) -> Error {
+    Error::EmptyDomain {
+        domain: domain.to_string(),
+        reason: format!(
+            "{input}: {why}; every domain needs training data (fix the input, or allow \
+             empty domains: --allow-empty-domains, `allow_empty_domains`)"
+        ),
+    }
+}
+
 /// Encodes `(split, domain, text)` documents into a shard folder at `out`.
 /// Documents of different splits/domains may interleave; each (split, domain) is
-/// packed separately. Empty texts are counted and skipped.
+/// packed separately. Empty texts are counted and skipped. Unless
+/// `opts.allow_empty_domains`, every domain (of either split) must yield at least one
+/// training sequence when there are training documents at all.
 pub fn encode_documents<I>(
     documents: I,
     tokenizer: &Tokenizer,
@@ -251,6 +328,8 @@ where
     let mut packer = Packer::new(tokenizer, tokenizer_sha256, opts, out)?;
     let mut iter = documents.into_iter().enumerate().peekable();
     let mut chunk = Vec::with_capacity(opts.batch_docs);
+    let mut domains = BTreeSet::new();
+    let mut has_train = false;
     while iter.peek().is_some() {
         chunk.clear();
         chunk.extend(iter.by_ref().take(opts.batch_docs));
@@ -266,8 +345,14 @@ where
             .collect();
         for ((_, (split, domain, _)), ids) in chunk.iter().zip(encoded) {
             packer.add(split, domain, ids?.as_deref())?;
+            if !domains.contains(domain) {
+                domains.insert(domain.clone());
+            }
+            has_train |= split == "train";
         }
     }
+    packer.flush_remainders()?;
+    packer.check_train_domains(has_train, &domains, |_| "train split".to_string())?;
     packer.finish(started)
 }
 
@@ -276,7 +361,8 @@ struct TextRecord {
     text: Option<String>,
 }
 
-/// Lists the `(split, domain, path)` inputs of a balanced-data folder.
+/// Lists the `(split, domain, path)` inputs of a balanced-data folder, sorted by
+/// split then domain.
 fn list_inputs(input: &Path) -> Result<Vec<(String, String, PathBuf)>> {
     if !input.is_dir() {
         return Err(Error::InvalidPath {
@@ -334,7 +420,7 @@ fn parse_line(path: &Path, line_no: usize, line: &str) -> Result<Option<String>>
     let rec: TextRecord = serde_json::from_str(line).map_err(|e| Error::JsonLine {
         path: path.to_path_buf(),
         line: line_no,
-        reason: format!("malformed JSON: {e}"),
+        reason: "malformed JSON".into(),
         source: Some(e),
     })?;
     match rec.text {
@@ -350,8 +436,10 @@ fn parse_line(path: &Path, line_no: usize, line: &str) -> Result<Option<String>>
 }
 
 /// Encodes a balanced-data folder (`input/<split>/<domain>.jsonl`) into a shard
-/// folder at `out`. Lines are streamed; blank lines are skipped; a malformed line or
-/// one without `"text"` is an error naming the file and line.
+/// folder at `out`. Lines are streamed; blank lines are skipped; a malformed line,
+/// one without `"text"` or one that is not UTF-8 is an error naming `file:LINE`.
+/// Unless `opts.allow_empty_domains`, a domain without training data is an
+/// [`Error::EmptyDomain`] (see the [module docs](self)); nothing is written then.
 pub fn encode_dir(
     input: &Path,
     tokenizer: &Tokenizer,
@@ -361,25 +449,30 @@ pub fn encode_dir(
 ) -> Result<EncodeReport> {
     let started = Instant::now();
     let inputs = list_inputs(input)?;
+    let train_path = |d: &str| input.join("train").join(format!("{d}.jsonl"));
+    let domains: BTreeSet<String> = inputs.iter().map(|(_, d, _)| d.clone()).collect();
+    let has_train = inputs.iter().any(|(s, _, _)| s == "train");
+    if !opts.allow_empty_domains && has_train {
+        // Before any work: a domain with validation data but no train file.
+        for d in &domains {
+            if !inputs.iter().any(|(s, x, _)| s == "train" && x == d) {
+                return Err(empty_train_domain(
+                    d,
+                    &train_path(d).display().to_string(),
+                    "missing, but the domain has a validation file",
+                ));
+            }
+        }
+    }
     let mut packer = Packer::new(tokenizer, tokenizer_sha256, opts, out)?;
     for (split, domain, path) in inputs {
-        let file = File::open(&path).map_err(|e| Error::Io {
-            path: path.clone(),
-            source: e,
-        })?;
-        let mut lines = BufReader::with_capacity(1 << 20, file).lines().enumerate();
+        let mut lines = JsonlLines::open(&path, Utf8Policy::Error)?;
         let mut chunk: Vec<(usize, String)> = Vec::with_capacity(opts.batch_docs);
         loop {
             chunk.clear();
-            for (i, line) in lines.by_ref() {
-                let line = line.map_err(|e| Error::Io {
-                    path: path.clone(),
-                    source: e,
-                })?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                chunk.push((i + 1, line));
+            for line in lines.by_ref() {
+                let (line_no, line) = line?;
+                chunk.push((line_no as usize, line));
                 if chunk.len() == opts.batch_docs {
                     break;
                 }
@@ -402,6 +495,8 @@ pub fn encode_dir(
             }
         }
     }
+    packer.flush_remainders()?;
+    packer.check_train_domains(has_train, &domains, |d| train_path(d).display().to_string())?;
     packer.finish(started)
 }
 
@@ -451,6 +546,7 @@ pub fn stats_json(shards: &ShardSet) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::chain;
 
     const SHA: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
@@ -478,6 +574,8 @@ mod tests {
         let opts = EncodeOptions {
             seq_len: 4,
             batch_docs: 2,
+            // y yields no full sequence: allowed here, to see how it is dropped.
+            allow_empty_domains: true,
             ..EncodeOptions::for_tokenizer(&tok)
         };
         let root = tempfile::tempdir().unwrap();
@@ -562,6 +660,130 @@ mod tests {
         assert!(e.to_string().contains("en.jsonl:3"), "{e}");
         assert!(e.to_string().contains("\"text\""), "{e}");
         assert!(!out.exists(), "no partial output");
+    }
+
+    #[test]
+    fn a_domain_without_sequences_is_an_error_unless_allowed() {
+        let tok = tiny_tokenizer();
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("s");
+        let input = docs(&[("train", "x", "a b c"), ("train", "y", "c")]);
+        let opts = EncodeOptions {
+            seq_len: 4,
+            ..EncodeOptions::default()
+        };
+        let e = encode_documents(input.clone(), &tok, SHA, &opts, &out).unwrap_err();
+        assert!(
+            matches!(&e, Error::EmptyDomain { domain, .. } if domain == "y"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("3 tokens"), "{e}");
+        assert!(!out.exists(), "nothing is written");
+        let opts = EncodeOptions {
+            allow_empty_domains: true,
+            ..opts
+        };
+        let r = encode_documents(input, &tok, SHA, &opts, &out).unwrap();
+        assert_eq!(r.splits["train"]["y"].sequences, 0);
+        assert_eq!(
+            ShardSet::open(&out).unwrap().domains("train").unwrap(),
+            ["x"]
+        );
+    }
+
+    #[test]
+    fn empty_or_missing_train_files_are_errors_unless_allowed() {
+        let tok = tiny_tokenizer();
+        let root = tempfile::tempdir().unwrap();
+        let input = root.path().join("in");
+        fs::create_dir_all(input.join("train")).unwrap();
+        fs::create_dir_all(input.join("validation")).unwrap();
+        let doc = "{\"text\": \"a b c a\"}\n";
+        fs::write(input.join("train/de.jsonl"), doc).unwrap();
+        fs::write(input.join("train/en.jsonl"), "").unwrap();
+        fs::write(input.join("validation/en.jsonl"), doc).unwrap();
+        // An empty validation file is fine (balancing without validation writes them).
+        fs::write(input.join("validation/de.jsonl"), "").unwrap();
+        let out = root.path().join("s");
+        let opts = EncodeOptions {
+            seq_len: 4,
+            ..EncodeOptions::default()
+        };
+        let e = encode_dir(&input, &tok, SHA, &opts, &out).unwrap_err();
+        assert!(
+            matches!(&e, Error::EmptyDomain { domain, .. } if domain == "en"),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("train/en.jsonl") && msg.contains("no document"),
+            "{msg}"
+        );
+        assert!(!out.exists(), "nothing is written");
+        // Blank lines and empty texts do not count as documents.
+        fs::write(input.join("train/en.jsonl"), "\n{\"text\": \"\"}\n").unwrap();
+        let e = encode_dir(&input, &tok, SHA, &opts, &out).unwrap_err();
+        assert!(
+            matches!(&e, Error::EmptyDomain { domain, .. } if domain == "en"),
+            "{e}"
+        );
+        // A domain with validation data and no train file at all.
+        fs::remove_file(input.join("train/en.jsonl")).unwrap();
+        let e = encode_dir(&input, &tok, SHA, &opts, &out).unwrap_err();
+        assert!(e.to_string().contains("train/en.jsonl: missing"), "{e}");
+        assert!(!out.exists());
+        // Allowed: the shards hold what there is.
+        let opts = EncodeOptions {
+            allow_empty_domains: true,
+            ..opts
+        };
+        encode_dir(&input, &tok, SHA, &opts, &out).unwrap();
+        let set = ShardSet::open(&out).unwrap();
+        assert_eq!(set.domains("train").unwrap(), ["de"]);
+        assert_eq!(set.domains("validation").unwrap(), ["en"]);
+    }
+
+    #[test]
+    fn invalid_utf8_names_file_and_line_and_its_cause_once() {
+        let tok = tiny_tokenizer();
+        let root = tempfile::tempdir().unwrap();
+        let input = root.path().join("in");
+        fs::create_dir_all(input.join("train")).unwrap();
+        fs::write(
+            input.join("train/en.jsonl"),
+            b"{\"text\": \"a b\"}\n\n{\"text\": \"a \xff b\"}\n",
+        )
+        .unwrap();
+        let out = root.path().join("s");
+        let e = encode_dir(&input, &tok, SHA, &EncodeOptions::default(), &out).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidUtf8 { line: Some(3), .. }),
+            "{e:?}"
+        );
+        let full = chain(&e);
+        assert!(full.contains("en.jsonl:3: invalid UTF-8"), "{full}");
+        assert_eq!(full.matches("invalid utf-8 sequence").count(), 1, "{full}");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn malformed_json_prints_its_cause_once() {
+        let tok = tiny_tokenizer();
+        let root = tempfile::tempdir().unwrap();
+        let input = root.path().join("in");
+        fs::create_dir_all(input.join("train")).unwrap();
+        fs::write(input.join("train/en.jsonl"), "{\"text\": \"a b\"\n").unwrap();
+        let e = encode_dir(
+            &input,
+            &tok,
+            SHA,
+            &EncodeOptions::default(),
+            &root.path().join("s"),
+        )
+        .unwrap_err();
+        let full = chain(&e);
+        assert!(full.contains("en.jsonl:1: malformed JSON: "), "{full}");
+        assert_eq!(full.matches("column").count(), 1, "{full}");
     }
 
     #[test]

@@ -4,10 +4,14 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong in `mome-data`. Each variant names the file, line,
 /// field or domain involved so that a user can act on it.
+///
+/// A variant that wraps another error keeps it as its `source` and does not repeat it
+/// in its own message, so a printer of the whole chain (anyhow's `{:#}`) shows every
+/// cause once. Locations are written `file:LINE`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An I/O error on a named path.
-    #[error("{path}: {source}")]
+    /// An I/O error on a named path (the message is the path; the cause is the source).
+    #[error("{}", path.display())]
     Io {
         /// The file or folder involved.
         path: PathBuf,
@@ -144,7 +148,7 @@ pub enum Error {
         source: Option<serde_json::Error>,
     },
     /// The tokenizer failed on an input.
-    #[error("tokenizer failed on {context}: {source}")]
+    #[error("tokenizer failed on {context}")]
     Tokenize {
         /// Where (file:line or document).
         context: String,
@@ -153,19 +157,19 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A record lacks a field the corpus spec asks for, or the field has the wrong type.
-    #[error("{}:{record}: field `{field}` {reason}", path.display())]
+    #[error("{}:{line}: field `{field}` {reason}", path.display())]
     MissingField {
         /// The input file.
         path: PathBuf,
-        /// Where in the file ("line 3", "row 7").
-        record: String,
+        /// 1-based line of a JSON Lines file, or row of a parquet file.
+        line: u64,
         /// The field name.
         field: String,
         /// What is wrong ("is missing", "is not a string or integer").
         reason: String,
     },
     /// Input bytes that are not UTF-8 (use `Utf8Policy::Skip` to skip such records).
-    #[error("{}{}: invalid UTF-8 ({source}); fix the file or skip such records with the skip policy", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    #[error("{}{}: invalid UTF-8 (fix the file, or skip such records where the command allows it)", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
     InvalidUtf8 {
         /// The input file.
         path: PathBuf,
@@ -176,7 +180,7 @@ pub enum Error {
         source: std::str::Utf8Error,
     },
     /// A parquet file that cannot be read.
-    #[error("{}: parquet: {source}", path.display())]
+    #[error("{}: cannot read parquet", path.display())]
     Parquet {
         /// The parquet file.
         path: PathBuf,
@@ -207,7 +211,7 @@ pub enum Error {
         reason: String,
     },
     /// A tokenizer file that cannot be loaded, or a tokenizer that cannot be built or trained.
-    #[error("tokenizer {}: {source}", path.display())]
+    #[error("tokenizer {}", path.display())]
     Tokenizer {
         /// The tokenizer file (or output path when training).
         path: PathBuf,
@@ -219,3 +223,31 @@ pub enum Error {
 
 /// `Result` with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The message of `e` and of each of its sources, joined by `": "`: what anyhow's
+/// `{:#}` prints. Use it where an error must become text (a string field, another
+/// error's message): `e.to_string()` alone leaves the causes out.
+///
+/// ```
+/// use mome_data::error::{chain, Error};
+///
+/// let e = Error::Io {
+///     path: "shards/manifest.json".into(),
+///     source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
+/// };
+/// assert_eq!(e.to_string(), "shards/manifest.json");
+/// assert_eq!(chain(&e), "shards/manifest.json: not found");
+/// ```
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let m = c.to_string();
+        if !m.is_empty() {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cause = c.source();
+    }
+    s
+}

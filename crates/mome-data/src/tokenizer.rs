@@ -64,6 +64,12 @@ pub struct TokenizerTrainConfig {
     pub show_progress: bool,
     /// Records per domain used for the fertility statistics. Default 10000.
     pub fertility_max_records: usize,
+    /// Train even when a domain has no training text (default false: a
+    /// `train/<domain>.jsonl` without a document with text, or missing while
+    /// `validation/<domain>.jsonl` exists, is an [`Error::EmptyDomain`], as in
+    /// [`crate::encode`]).
+    #[serde(default)]
+    pub allow_empty_domains: bool,
 }
 
 impl Default for TokenizerTrainConfig {
@@ -77,6 +83,7 @@ impl Default for TokenizerTrainConfig {
             limit_alphabet: None,
             show_progress: false,
             fertility_max_records: 10_000,
+            allow_empty_domains: false,
         }
     }
 }
@@ -288,6 +295,70 @@ where
     Ok((text, final_tok, merges))
 }
 
+/// The domain names of the `*.jsonl` files of `dir` (none when it does not exist).
+fn jsonl_stems(dir: &Path) -> Result<Vec<String>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })
+        }
+    };
+    let mut stems = Vec::new();
+    for entry in rd {
+        let p = entry
+            .map_err(|e| Error::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?
+            .path();
+        if p.extension().is_some_and(|e| e == "jsonl") {
+            if let Some(stem) = p.file_stem() {
+                stems.push(stem.to_string_lossy().into_owned());
+            }
+        }
+    }
+    stems.sort();
+    Ok(stems)
+}
+
+/// Unless allowed: every domain of the folder has a train file with a document with
+/// text (checked before training; reads up to the first such record of each file).
+fn check_train_domains(
+    dir: &Path,
+    files: &[(String, PathBuf)],
+    spec: impl Fn(&Path) -> CorpusSpec,
+) -> Result<()> {
+    for d in jsonl_stems(&dir.join("validation"))? {
+        if !files.iter().any(|(name, _)| *name == d) {
+            let path = dir.join("train").join(format!("{d}.jsonl"));
+            return Err(crate::encode::empty_train_domain(
+                &d,
+                &path.display().to_string(),
+                "missing, but the domain has a validation file",
+            ));
+        }
+    }
+    for (d, p) in files {
+        let mut reader = corpus::open(&spec(p))?;
+        match reader.find(|r| r.as_ref().map_or(true, |r| !r.text.is_empty())) {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(_)) => {}
+            None => {
+                return Err(crate::encode::empty_train_domain(
+                    d,
+                    &p.display().to_string(),
+                    "no document with text",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The `train/*.jsonl` files of a balanced folder, sorted, with their domain names.
 fn train_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let train = dir.join("train");
@@ -366,7 +437,9 @@ pub fn fertility(tok: &Tokenizer, spec: &CorpusSpec, max_records: usize) -> Resu
 }
 
 /// Trains the tokenizer on the `"text"` of every record of `dir/train/*.jsonl` (the
-/// output of [`crate::balance::balance`]), streaming, and writes it to `out`.
+/// output of [`crate::balance::balance`]), streaming, and writes it to `out`. Unless
+/// `cfg.allow_empty_domains`, a domain without training text is an
+/// [`Error::EmptyDomain`] naming the file, before any training.
 pub fn train_tokenizer_from_dir(
     dir: &Path,
     cfg: &TokenizerTrainConfig,
@@ -379,6 +452,9 @@ pub fn train_tokenizer_from_dir(
         kind: Some(corpus::SourceKind::Jsonl),
         ..CorpusSpec::default()
     };
+    if !cfg.allow_empty_domains {
+        check_train_domains(dir, &files, spec)?;
+    }
     let mut readers = Vec::new();
     for (_, p) in &files {
         readers.push(corpus::open(&spec(p))?);

@@ -550,6 +550,8 @@ fn encode_dir_with_the_seed_tokenizer() {
     let opts = EncodeOptions {
         seq_len: 8,
         batch_docs: 2,
+        // py has validation data only.
+        allow_empty_domains: true,
         ..EncodeOptions::for_tokenizer(&tok)
     };
     assert_eq!((opts.bos_id, opts.eos_id), (1, 2));

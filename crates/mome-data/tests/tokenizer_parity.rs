@@ -154,3 +154,54 @@ fn trained_tokenizer_has_seed_structure_and_reloads() {
     assert!(e.to_string().contains("zz.jsonl:1"), "{e}");
     assert!(!out2.exists());
 }
+
+/// An empty `train/<d>.jsonl`, or a domain with validation data and no train file, is
+/// an error naming the file and the domain, unless empty domains are allowed.
+#[test]
+fn empty_train_domains_are_errors_unless_allowed() {
+    let d = tempfile::tempdir().unwrap();
+    let bal = d.path().join("bal");
+    fs::create_dir_all(bal.join("train")).unwrap();
+    fs::create_dir_all(bal.join("validation")).unwrap();
+    let mut en = String::new();
+    for i in 0..50 {
+        en.push_str(
+            &serde_json::json!({"text": format!("The river number {i} flows.")}).to_string(),
+        );
+        en.push('\n');
+    }
+    fs::write(bal.join("train/en.jsonl"), &en).unwrap();
+    fs::write(bal.join("train/fr.jsonl"), "\n{\"text\": \"\"}\n").unwrap();
+    let out = d.path().join("tok.json");
+    let cfg = TokenizerTrainConfig {
+        vocab_size: 300,
+        ..TokenizerTrainConfig::default()
+    };
+    let e = train_tokenizer_from_dir(&bal, &cfg, &out).unwrap_err();
+    assert!(
+        matches!(&e, Error::EmptyDomain { domain, .. } if domain == "fr"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("train/fr.jsonl"), "{e}");
+    assert!(!out.exists(), "nothing is written");
+
+    fs::write(bal.join("train/fr.jsonl"), &en).unwrap();
+    fs::write(bal.join("validation/de.jsonl"), &en).unwrap();
+    let e = train_tokenizer_from_dir(&bal, &cfg, &out).unwrap_err();
+    assert!(
+        matches!(&e, Error::EmptyDomain { domain, .. } if domain == "de"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("train/de.jsonl: missing"), "{e}");
+    assert!(!out.exists());
+
+    fs::write(bal.join("train/fr.jsonl"), "").unwrap();
+    let allow = TokenizerTrainConfig {
+        allow_empty_domains: true,
+        ..cfg
+    };
+    let stats = train_tokenizer_from_dir(&bal, &allow, &out).unwrap();
+    assert_eq!(stats.fertility["fr"].records, 0);
+    assert_eq!(stats.texts, 50);
+    assert!(out.is_file());
+}

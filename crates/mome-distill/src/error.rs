@@ -16,10 +16,11 @@ pub enum Error {
     #[error(transparent)]
     Data(#[from] mome_data::Error),
     /// An error raised by libtorch.
-    #[error("libtorch: {0}")]
+    #[error(transparent)]
     Torch(#[from] tch::TchError),
-    /// An I/O error on a named path.
-    #[error("{path}: {source}")]
+    /// An I/O error on a named path (the message is the path; the cause is the source,
+    /// printed once by a chain printer such as anyhow's `{:#}`).
+    #[error("{}", path.display())]
     Io {
         /// The file or folder involved.
         path: PathBuf,
@@ -28,7 +29,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// JSON (de)serialisation failed.
-    #[error("json: {0}")]
+    #[error(transparent)]
     Json(#[from] serde_json::Error),
     /// An invalid setting, rejected before any work starts.
     #[error("invalid distillation config: {0}")]

@@ -63,7 +63,8 @@ pub type BatchLossSum<'a, E> =
 /// study): every domain of `split`, at most `max_sequences` per domain (0 = all),
 /// `batch_size` sequences per call of `loss_sum`, which returns the summed next-token
 /// loss of the batch and its number of target tokens. No gradients; one host read
-/// per domain.
+/// per domain. A domain whose loss is NaN or infinite is an
+/// [`Error::NonFiniteLoss`] naming it, not a report of NaN figures.
 pub fn eval_shards<E: From<Error>>(
     shards: &ShardSet,
     split: &str,
@@ -115,6 +116,14 @@ pub fn eval_shards<E: From<Error>>(
         }
         let sum = sum.f_double_value(&[]).map_err(Error::from)?;
         let loss = sum / tokens.max(1) as f64;
+        if !loss.is_finite() {
+            return Err(Error::NonFiniteLoss {
+                split: split.to_string(),
+                domain,
+                loss,
+            }
+            .into());
+        }
         all_sum += sum;
         all_tokens += tokens;
         domains.insert(

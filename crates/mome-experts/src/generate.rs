@@ -154,7 +154,11 @@ fn sample(logits: &Tensor, cfg: &GenerationConfig, rng: &mut ChaCha8Rng) -> Resu
         .to_device(tch::Device::Cpu);
     let probs = Vec::<f64>::try_from(&probs.reshape([-1]))?;
     let mut out = Vec::new();
-    for row in probs.chunks(v as usize) {
+    for (r, row) in probs.chunks(v as usize).enumerate() {
+        // NaN or +inf logits (or a row of -inf) give NaN probabilities: say so.
+        if row.iter().any(|p| !p.is_finite()) {
+            return Err(Error::NonFiniteLogits { row: r });
+        }
         let total: f64 = row.iter().sum();
         let u = rng.gen::<f64>() * total;
         let mut acc = 0.0;
@@ -168,22 +172,36 @@ fn sample(logits: &Tensor, cfg: &GenerationConfig, rng: &mut ChaCha8Rng) -> Resu
                 }
             }
         }
-        let pick =
-            pick.ok_or_else(|| Error::Input("sampling row has no probability mass".into()))?;
+        let pick = pick.ok_or(Error::NonFiniteLogits { row: r })?;
         out.push(pick as i64);
     }
     Ok(out)
 }
 
+/// The first row of `[B, V]` logits holding a NaN, if any.
+fn first_nan_row(logits: &Tensor) -> Result<Option<usize>> {
+    let rows = logits
+        .f_isnan()?
+        .f_any_dim(-1, false)?
+        .f_to_kind(Kind::Int64)?
+        .f_to_device(Device::Cpu)?;
+    Ok(Vec::<i64>::try_from(&rows)?.iter().position(|&x| x != 0))
+}
+
 /// The next token of each row of `[B, V]` fp32 logits: argmax when
 /// `cfg.temperature == 0`, otherwise temperature, top-k and top-p then one draw per
-/// row from `rng`. [`generate`] and the MoE's generation both decode with it.
+/// row from `rng`. [`generate`] and the MoE's generation both decode with it. Logits
+/// that leave nothing to pick (NaN; for sampling also +inf or a row of -inf) are an
+/// [`Error::NonFiniteLogits`] naming the row.
 pub fn next_tokens(
     logits: &Tensor,
     cfg: &GenerationConfig,
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<i64>> {
     if cfg.temperature == 0.0 {
+        if let Some(row) = first_nan_row(logits)? {
+            return Err(Error::NonFiniteLogits { row });
+        }
         Ok(Vec::<i64>::try_from(
             &logits.argmax(-1, false).to_device(tch::Device::Cpu),
         )?)

@@ -24,13 +24,14 @@ pub enum Error {
     #[error(transparent)]
     Plot(#[from] mome_plot::PlotError),
     /// An error raised by libtorch.
-    #[error("libtorch: {0}")]
+    #[error(transparent)]
     Tch(#[from] tch::TchError),
     /// A JSON (de)serialisation error.
-    #[error("json: {0}")]
+    #[error(transparent)]
     Json(#[from] serde_json::Error),
-    /// An I/O error on a file or directory.
-    #[error("i/o error on {}: {source}", path.display())]
+    /// An I/O error on a file or directory (the message is the path; the cause is the
+    /// source, printed once by a chain printer such as anyhow's `{:#}`).
+    #[error("{}", path.display())]
     Io {
         /// The file or directory involved.
         path: PathBuf,

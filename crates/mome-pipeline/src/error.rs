@@ -24,8 +24,9 @@ pub enum Error {
     /// A file the report reads is missing a value or cannot be read.
     #[error("report: {0}")]
     Report(String),
-    /// An I/O error on a named path.
-    #[error("{path}: {source}")]
+    /// An I/O error on a named path (the message is the path; the cause is the source,
+    /// printed once by a chain printer such as anyhow's `{:#}`).
+    #[error("{}", path.display())]
     Io {
         /// The file or folder involved.
         path: PathBuf,
@@ -52,13 +53,13 @@ pub enum Error {
     #[error(transparent)]
     Router(#[from] mome_router::RouterError),
     /// JSON (de)serialisation failed.
-    #[error("json: {0}")]
+    #[error(transparent)]
     Json(#[from] serde_json::Error),
     /// A TOML file could not be written.
-    #[error("toml: {0}")]
+    #[error(transparent)]
     Toml(#[from] toml::ser::Error),
     /// A safetensors header could not be read.
-    #[error("{path}: safetensors: {source}")]
+    #[error("{}: invalid safetensors data", path.display())]
     Safetensors {
         /// The file.
         path: PathBuf,

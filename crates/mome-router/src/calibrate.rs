@@ -24,10 +24,10 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::classifier::{argmax, ProbabilisticClassifier};
+use crate::classifier::{argmax, softmax_with_temperature};
 use crate::data::{token_passages, TokenDoc};
 use crate::error::{Result, RouterError};
-use crate::router::{apply_temperature, FeatureThreshold, Router};
+use crate::router::{check_probability, check_temperature, FeatureThreshold, Router};
 
 /// Lower edges of the bins (number of known features) of a calibration by length.
 pub const BIN_EDGES: [usize; 8] = [1, 8, 16, 32, 64, 128, 256, 512];
@@ -84,6 +84,41 @@ pub struct Calibration {
     pub previous_threshold: f64,
     /// Temperature before calibration.
     pub previous_temperature: f64,
+}
+
+impl Calibration {
+    /// Checks the numbers of the record (loading a router file): fractions and
+    /// thresholds in `[0, 1]`, temperatures in the router's range, NLLs finite and
+    /// `>= 0`. Errors name the field (`calibration.bins[2].threshold`).
+    pub fn validate(&self) -> Result<()> {
+        let p = |name: &str, v: f64| check_probability(&format!("calibration.{name}"), v);
+        p("target_confident", self.target_confident)?;
+        p("threshold", self.threshold)?;
+        p("confident_fraction", self.confident_fraction)?;
+        p("accuracy", self.accuracy)?;
+        p("previous_threshold", self.previous_threshold)?;
+        check_temperature("calibration.temperature", self.temperature)?;
+        check_temperature(
+            "calibration.previous_temperature",
+            self.previous_temperature,
+        )?;
+        for (name, v) in [
+            ("nll_at_temperature_1", self.nll_at_temperature_1),
+            ("nll", self.nll),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(RouterError::Value {
+                    field: format!("calibration.{name}"),
+                    value: v,
+                    expected: "a finite number >= 0".into(),
+                });
+            }
+        }
+        for (i, b) in self.bins.iter().enumerate() {
+            p(&format!("bins[{i}].threshold"), b.threshold)?;
+        }
+        Ok(())
+    }
 }
 
 /// One bin of a calibration by length.
@@ -212,15 +247,33 @@ pub fn calibration_docs(
     }
 }
 
+/// Largest NLL one sequence contributes (`-ln 1e-300`): a tree leaf that never saw
+/// the true class gives probability 0 at every temperature.
+const MAX_NLL: f64 = 690.775_527_898_213_7;
+
+/// `-ln softmax(scores / t)[y]` by log-sum-exp (exact where the probability
+/// underflows), at most [`MAX_NLL`].
+fn nll_one(scores: &[f64], y: usize, t: f64) -> f64 {
+    let inv = 1.0 / t;
+    let m = scores
+        .iter()
+        .map(|s| s * inv)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if !m.is_finite() {
+        return MAX_NLL;
+    }
+    let lse = m + scores.iter().map(|s| (s * inv - m).exp()).sum::<f64>().ln();
+    let nll = lse - scores[y] * inv;
+    if nll.is_nan() {
+        MAX_NLL
+    } else {
+        nll.clamp(0.0, MAX_NLL)
+    }
+}
+
+/// Mean NLL over `(log-scores, class)` pairs at temperature `t`.
 fn mean_nll(raw: &[(Vec<f64>, usize)], t: f64) -> f64 {
-    let s: f64 = raw
-        .par_iter()
-        .map(|(p, y)| {
-            let mut q = p.clone();
-            apply_temperature(&mut q, t);
-            -q[*y].max(1e-300).ln()
-        })
-        .sum();
+    let s: f64 = raw.par_iter().map(|(p, y)| nll_one(p, *y, t)).sum();
     s / raw.len().max(1) as f64
 }
 
@@ -257,16 +310,17 @@ pub fn calibrate(
             })?;
         ys.push(y);
     }
-    // Raw (temperature 1) probabilities and whether the input had any known feature.
+    // Log-scores (the temperature divides them, as in `Router::probabilities`) and
+    // whether the input had any known feature.
     let k = router.classes().len();
     let raw: Vec<(Vec<f64>, usize, usize)> = docs
         .par_iter()
         .zip(ys.par_iter())
         .map(|(d, &y)| {
             let x = router.features(&d.ids);
-            let mut p = vec![0.0; k];
-            router.classifier().predict_proba_sparse(&x, &mut p);
-            (p, y, x.nnz())
+            let mut s = vec![0.0; k];
+            router.classifier().log_scores_sparse(&x, &mut s);
+            (s, y, x.nnz())
         })
         .collect();
     let pairs: Vec<(Vec<f64>, usize)> = raw.iter().map(|(p, y, _)| (p.clone(), *y)).collect();
@@ -309,9 +363,10 @@ pub fn calibrate(
     let mut correct = 0usize;
     let mut maxp: Vec<f64> = Vec::with_capacity(n);
     let mut samples: Vec<(usize, f64)> = Vec::with_capacity(n);
-    for (p, y, nnz) in &raw {
-        let mut q = p.clone();
-        apply_temperature(&mut q, temperature);
+    for (s, y, nnz) in &raw {
+        // Exactly what `Router::probabilities` computes at this temperature.
+        let mut q = s.clone();
+        softmax_with_temperature(&mut q, temperature);
         let i = argmax(&q);
         correct += usize::from(i == *y);
         if *nnz > 0 {

@@ -196,6 +196,27 @@ impl ParamGuard for ClassifierParams {
     }
 }
 
+/// Largest magnitude of a coefficient or intercept of a linear model. No trained
+/// model comes near it (logistic regression is regularised, Naive Bayes weights are
+/// logs of smoothed frequencies, SVM margins are bounded by C); with it every
+/// intermediate of a score stays far from f64's range: the features are
+/// l2-normalised (`|x|_1 <= sqrt(nnz) <= 2^12`), so `|W x + b| <= 4097e100`, and
+/// divided by the smallest temperature (`1e-3`) it is still below `1e107`.
+pub const MAX_ABS_WEIGHT: f64 = 1e100;
+
+/// Checks one coefficient / intercept (`field` names it for the error).
+pub(crate) fn check_weight(v: f64, field: impl FnOnce() -> String) -> Result<()> {
+    if v.is_finite() && v.abs() <= MAX_ABS_WEIGHT {
+        Ok(())
+    } else {
+        Err(RouterError::Value {
+            field: field(),
+            value: v,
+            expected: format!("a finite number within ±{MAX_ABS_WEIGHT:e}"),
+        })
+    }
+}
+
 /// A linear scorer `scores = W x + b` followed by a softmax.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "LinearRepr", into = "LinearRepr")]
@@ -216,8 +237,10 @@ struct LinearRepr {
 
 impl TryFrom<LinearRepr> for LinearModel {
     type Error = RouterError;
+    /// Shapes only: the values are checked by [`Classifier::validate`], which names
+    /// them by their place in the router file.
     fn try_from(r: LinearRepr) -> Result<Self> {
-        LinearModel::from_coef(&r.coef, &r.intercept)
+        LinearModel::from_coef_shape(&r.coef, &r.intercept)
     }
 }
 
@@ -231,27 +254,46 @@ impl From<LinearModel> for LinearRepr {
 }
 
 impl LinearModel {
-    /// From `coef` (`n_classes x n_features`) and `intercept` (`n_classes`).
+    /// From `coef` (`n_classes x n_features`) and `intercept` (`n_classes`): every
+    /// value finite and within [`MAX_ABS_WEIGHT`].
     pub fn from_coef(coef: &[Vec<f64>], intercept: &[f64]) -> Result<Self> {
+        let m = Self::from_coef_shape(coef, intercept)?;
+        m.check_values("")?;
+        Ok(m)
+    }
+
+    /// Checks every coefficient and intercept (finite, within [`MAX_ABS_WEIGHT`]);
+    /// errors name them `{prefix}coef[class][feature]` / `{prefix}intercept[class]`.
+    pub fn check_values(&self, prefix: &str) -> Result<()> {
+        let k = self.n_classes;
+        for c in 0..k {
+            for j in 0..self.n_features {
+                check_weight(self.weights[j * k + c], || {
+                    format!("{prefix}coef[{c}][{j}]")
+                })?;
+            }
+        }
+        for (c, &b) in self.bias.iter().enumerate() {
+            check_weight(b, || format!("{prefix}intercept[{c}]"))?;
+        }
+        Ok(())
+    }
+
+    fn from_coef_shape(coef: &[Vec<f64>], intercept: &[f64]) -> Result<Self> {
         let k = coef.len();
         if k < 2 || intercept.len() != k {
             return Err(RouterError::Invalid(format!(
-                "linear model needs >= 2 classes and one intercept per class ({} rows, {} intercepts)",
+                "linear model needs >= 2 classes and one intercept per class (coef has {} rows, intercept {} values)",
                 k,
                 intercept.len()
             )));
         }
         let f = coef[0].len();
-        if coef.iter().any(|r| r.len() != f) {
-            return Err(RouterError::Invalid("coef rows differ in length".into()));
-        }
-        if coef
-            .iter()
-            .flatten()
-            .chain(intercept)
-            .any(|v| !v.is_finite())
-        {
-            return Err(RouterError::Invalid("non-finite coefficient".into()));
+        if let Some(i) = coef.iter().position(|r| r.len() != f) {
+            return Err(RouterError::Invalid(format!(
+                "coef[{i}] has {} columns, coef[0] has {f}",
+                coef[i].len()
+            )));
         }
         let mut weights = vec![0.0; f * k];
         for (c, row) in coef.iter().enumerate() {
@@ -328,34 +370,60 @@ pub struct TreeModel {
 }
 
 impl TreeModel {
-    fn validate(&self, n_classes: usize, n_features: usize) -> Result<()> {
+    /// Checks the tree (errors name `{prefix}nodes[i]...`): children after their
+    /// parent (no cycle, traversal always ends), features in range, thresholds
+    /// finite, one leaf probability per class, each in `[0, 1]`.
+    fn validate(&self, n_classes: usize, n_features: usize, prefix: &str) -> Result<()> {
         if self.nodes.is_empty() {
-            return Err(RouterError::Invalid("tree has no node".into()));
+            return Err(RouterError::Invalid(format!("{prefix}nodes is empty")));
         }
-        for (i, n) in self.nodes.iter().enumerate() {
-            match n {
+        let n = self.nodes.len();
+        for (i, node) in self.nodes.iter().enumerate() {
+            match node {
                 TreeNode::Split {
                     feature,
                     threshold,
                     left,
                     right,
                 } => {
-                    // Children after their parent: no cycles, traversal always ends.
-                    if *feature >= n_features
-                        || !threshold.is_finite()
-                        || *left <= i
-                        || *right <= i
-                        || *left >= self.nodes.len()
-                        || *right >= self.nodes.len()
-                    {
-                        return Err(RouterError::Invalid(format!("tree node {i} is malformed")));
+                    if *feature >= n_features {
+                        return Err(RouterError::Invalid(format!(
+                            "{prefix}nodes[{i}].split.feature = {feature} is not below n_features = {n_features}"
+                        )));
+                    }
+                    if !threshold.is_finite() {
+                        return Err(RouterError::Value {
+                            field: format!("{prefix}nodes[{i}].split.threshold"),
+                            value: *threshold,
+                            expected: "a finite number".into(),
+                        });
+                    }
+                    for (side, child) in [("left", left), ("right", right)] {
+                        if *child <= i || *child >= n {
+                            return Err(RouterError::Invalid(format!(
+                                "{prefix}nodes[{i}].split.{side} = {child} is not a later node (in {}..{n})",
+                                i + 1
+                            )));
+                        }
                     }
                 }
                 TreeNode::Leaf { probabilities } => {
-                    if probabilities.len() != n_classes
-                        || probabilities.iter().any(|p| !p.is_finite() || *p < 0.0)
+                    if probabilities.len() != n_classes {
+                        return Err(RouterError::Invalid(format!(
+                            "{prefix}nodes[{i}].leaf.probabilities has {} values for {n_classes} classes",
+                            probabilities.len()
+                        )));
+                    }
+                    if let Some((c, &p)) = probabilities
+                        .iter()
+                        .enumerate()
+                        .find(|(_, p)| !(0.0..=1.0).contains(*p))
                     {
-                        return Err(RouterError::Invalid(format!("tree leaf {i} is malformed")));
+                        return Err(RouterError::Value {
+                            field: format!("{prefix}nodes[{i}].leaf.probabilities[{c}]"),
+                            value: p,
+                            expected: "a probability in [0, 1]".into(),
+                        });
                     }
                 }
             }
@@ -416,8 +484,32 @@ pub trait ProbabilisticClassifier: Send + Sync {
     fn predict_proba_sparse(&self, x: &SparseVec, out: &mut [f64]);
 }
 
-pub(crate) fn softmax_inplace(v: &mut [f64]) {
+/// `softmax(v)` in place, by log-sum-exp: the largest value is subtracted before
+/// `exp`, so no finite input overflows, and the result is always a finite
+/// distribution: NaN counts as `-inf` (impossible); if some values are `+inf` they
+/// share the mass; if all are `-inf` (or `v` holds nothing else) it is uniform.
+pub fn softmax_inplace(v: &mut [f64]) {
+    if v.is_empty() {
+        return;
+    }
+    for x in v.iter_mut() {
+        if x.is_nan() {
+            *x = f64::NEG_INFINITY;
+        }
+    }
     let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::INFINITY {
+        let n = v.iter().filter(|x| **x == f64::INFINITY).count() as f64;
+        v.iter_mut()
+            .for_each(|x| *x = if *x == f64::INFINITY { 1.0 / n } else { 0.0 });
+        return;
+    }
+    if m == f64::NEG_INFINITY {
+        let u = 1.0 / v.len() as f64;
+        v.iter_mut().for_each(|x| *x = u);
+        return;
+    }
+    // Every term is in [0, 1] and the largest is 1: 1 <= s <= len.
     let mut s = 0.0;
     for x in v.iter_mut() {
         *x = (*x - m).exp();
@@ -428,55 +520,78 @@ pub(crate) fn softmax_inplace(v: &mut [f64]) {
     }
 }
 
+/// `softmax(v / t)` in place (log-sum-exp, see [`softmax_inplace`]): the
+/// probabilities at temperature `t` of log-scores `v` (`t == 1`: no division).
+pub fn softmax_with_temperature(v: &mut [f64], t: f64) {
+    if t != 1.0 {
+        let inv = 1.0 / t;
+        v.iter_mut().for_each(|x| *x *= inv);
+    }
+    softmax_inplace(v);
+}
+
 impl ProbabilisticClassifier for Classifier {
     fn n_classes(&self) -> usize {
         self.n_classes
     }
 
     fn predict_proba_sparse(&self, x: &SparseVec, out: &mut [f64]) {
+        self.log_scores_sparse(x, out);
+        softmax_inplace(out);
+    }
+}
+
+impl Classifier {
+    /// Log-scores of one input, whose softmax is the class distribution: the logits
+    /// `W x + b` of the linear models, `ln p` of the tree leaf (`-inf` for a class
+    /// the leaf never saw; all 0, i.e. uniform, for an empty leaf). The
+    /// probabilities at temperature `t` are `softmax(scores / t)`
+    /// ([`softmax_with_temperature`]), computed without overflow.
+    pub fn log_scores_sparse(&self, x: &SparseVec, out: &mut [f64]) {
         match &self.model {
-            ModelBody::Linear(m) => {
-                m.scores(x, out);
-                softmax_inplace(out);
-            }
+            ModelBody::Linear(m) => m.scores(x, out),
             ModelBody::Tree(t) => {
                 let leaf = t.leaf_of(|f| match x.indices.binary_search(&(f as u32)) {
                     Ok(p) => x.values[p],
                     Err(_) => 0.0,
                 });
+                out.iter_mut().for_each(|o| *o = 0.0);
                 if let TreeNode::Leaf { probabilities } = &t.nodes[leaf] {
+                    // Leaf values are in [0, 1] (validated): the sum is finite.
                     let s: f64 = probabilities.iter().sum();
-                    for (o, p) in out.iter_mut().zip(probabilities) {
-                        *o = if s > 0.0 {
-                            p / s
-                        } else {
-                            1.0 / self.n_classes as f64
-                        };
+                    if s > 0.0 {
+                        for (o, p) in out.iter_mut().zip(probabilities) {
+                            *o = (p / s).ln();
+                        }
                     }
                 }
             }
         }
     }
-}
 
-impl Classifier {
-    /// Checks dimensions and values (used when loading a file).
+    /// Checks dimensions and values (used when loading a file): errors name the
+    /// field as in the router file (`classifier.model.linear.coef[1][0]`, ...).
     pub fn validate(&self) -> Result<()> {
         if self.n_classes < 2 {
-            return Err(RouterError::Invalid(
-                "a classifier needs >= 2 classes".into(),
-            ));
+            return Err(RouterError::Invalid(format!(
+                "classifier.n_classes = {}: a classifier needs >= 2 classes",
+                self.n_classes
+            )));
         }
         match &self.model {
             ModelBody::Linear(m) => {
                 if m.n_classes != self.n_classes || m.n_features != self.n_features {
                     return Err(RouterError::Invalid(format!(
-                        "linear model is {}x{}, expected {}x{}",
+                        "classifier.model.linear.coef is {}x{} (classes x features), \
+                         classifier.n_classes x n_features is {}x{}",
                         m.n_classes, m.n_features, self.n_classes, self.n_features
                     )));
                 }
+                m.check_values("classifier.model.linear.")?;
             }
-            ModelBody::Tree(t) => t.validate(self.n_classes, self.n_features)?,
+            ModelBody::Tree(t) => {
+                t.validate(self.n_classes, self.n_features, "classifier.model.tree.")?
+            }
         }
         Ok(())
     }

@@ -39,19 +39,24 @@ struct Record {
 /// Reads a JSONL file of `{"text", "label"}` (other fields ignored). Records without
 /// `label` get `default_label` (e.g. the file stem) or are an error if there is none.
 pub fn read_jsonl(path: &Path, default_label: Option<&str>) -> Result<Vec<TextDoc>> {
-    let s = std::fs::read_to_string(path).map_err(|e| RouterError::Io {
+    let bytes = std::fs::read(path).map_err(|e| RouterError::Io {
         path: path.to_path_buf(),
         source: e,
     })?;
     let mut out = Vec::new();
-    for (i, line) in s.lines().enumerate() {
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = std::str::from_utf8(line).map_err(|e| RouterError::Line {
+            name: path.display().to_string(),
+            line: i as u64 + 1,
+            reason: crate::lines::utf8_problem(&e),
+            source: None,
+        })?;
         if line.trim().is_empty() {
             continue;
         }
-        let r: Record = serde_json::from_str(line).map_err(|e| RouterError::Json {
-            what: format!("{}:{}", path.display(), i + 1),
-            source: e,
-        })?;
+        let r: Record =
+            serde_json::from_str(line).map_err(|e| RouterError::json_line(path, i + 1, e))?;
         let label = match (r.label, default_label) {
             (Some(l), _) => l,
             (None, Some(d)) => d.to_string(),
@@ -112,10 +117,8 @@ pub fn read_sequences(path: &Path) -> Result<Vec<Vec<u32>>> {
         sequences: Option<Vec<Vec<u32>>>,
         samples: Option<Vec<Sample>>,
     }
-    let v: Inputs = serde_json::from_slice(&bytes).map_err(|e| RouterError::Json {
-        what: path.display().to_string(),
-        source: e,
-    })?;
+    let v: Inputs =
+        serde_json::from_slice(&bytes).map_err(|e| RouterError::json(path.display(), e))?;
     match (v.sequences, v.samples) {
         (Some(s), _) => Ok(s),
         (None, Some(s)) => Ok(s.into_iter().map(|s| s.token_ids).collect()),

@@ -81,6 +81,13 @@ const NO_COLUMN: u32 = u32::MAX;
 /// has one entry per id up to the largest).
 pub const MAX_ID: u32 = 1 << 24;
 
+/// Largest idf a vectorizer accepts. scikit-learn's smooth idf is
+/// `ln((1+n)/(1+df)) + 1`, in `[1, ln(1+n) + 1]` (below 46 for any corpus of fewer
+/// than 2^64 documents; without smoothing `ln(n/df) + 1 >= 1` as well): an idf is
+/// never 0 or negative, and far below this bound, which keeps `count * idf` and its
+/// square finite for any input.
+pub const MAX_IDF: f64 = 1e100;
+
 /// A fitted TF-IDF vectorizer over token ids.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vectorizer {
@@ -102,30 +109,41 @@ fn digits(id: u32) -> u32 {
 }
 
 impl Vectorizer {
-    /// Builds a vectorizer from its parts (column -> token id, column -> idf).
+    /// Builds a vectorizer from its parts (column -> token id, column -> idf):
+    /// as many idf values as ids, every idf finite and in `(0, MAX_IDF]`, ids unique
+    /// and below [`MAX_ID`]. Errors name the field as in the router file
+    /// (`features.idf[7]`, `features.vocabulary[3]`).
     pub fn new(config: FeatureConfig, vocabulary: Vec<u32>, idf: Vec<f64>) -> Result<Self> {
         if vocabulary.len() != idf.len() {
             return Err(RouterError::Invalid(format!(
-                "vocabulary has {} entries but idf has {}",
+                "features.vocabulary has {} entries but features.idf has {}",
                 vocabulary.len(),
                 idf.len()
             )));
         }
-        if let Some(bad) = idf.iter().find(|v| !v.is_finite()) {
-            return Err(RouterError::Invalid(format!("non-finite idf value {bad}")));
+        if let Some((i, &bad)) = idf
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(v.is_finite() && **v > 0.0 && **v <= MAX_IDF))
+        {
+            return Err(RouterError::Value {
+                field: format!("features.idf[{i}]"),
+                value: bad,
+                expected: format!("a finite idf in (0, {MAX_IDF:e}]"),
+            });
         }
-        let max = vocabulary.iter().copied().max().unwrap_or(0) as usize;
-        if max >= MAX_ID as usize {
+        if let Some((i, &id)) = vocabulary.iter().enumerate().find(|(_, id)| **id >= MAX_ID) {
             return Err(RouterError::Invalid(format!(
-                "token id {max} is implausibly large"
+                "features.vocabulary[{i}] = {id} is not below {MAX_ID}"
             )));
         }
+        let max = vocabulary.iter().copied().max().unwrap_or(0) as usize;
         let mut lookup = vec![NO_COLUMN; if vocabulary.is_empty() { 0 } else { max + 1 }];
         let mut seen = vec![false; lookup.len()];
         for (col, &id) in vocabulary.iter().enumerate() {
             if std::mem::replace(&mut seen[id as usize], true) {
                 return Err(RouterError::Invalid(format!(
-                    "token id {id} appears twice in the vocabulary"
+                    "features.vocabulary[{col}] = {id} appears twice in the vocabulary"
                 )));
             }
             // Ids the settings exclude keep their column but never count.

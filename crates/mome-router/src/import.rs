@@ -5,9 +5,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::classifier::{Classifier, LinearModel, ModelBody, ValidClassifierParams};
+use crate::classifier::{check_weight, Classifier, LinearModel, ModelBody, ValidClassifierParams};
 use crate::error::{Result, RouterError};
-use crate::features::{FeatureConfig, Vectorizer};
+use crate::features::{FeatureConfig, Vectorizer, MAX_IDF};
 use crate::router::Router;
 
 /// A sample of the parameter file: token ids and the probabilities scikit-learn gave them.
@@ -66,16 +66,73 @@ fn unsupported(what: &str) -> RouterError {
 }
 
 /// Reads a scikit-learn router export and returns the equivalent mome router and
-/// the samples it carries.
+/// the samples it carries. The export is checked as a router file is
+/// ([`Router::from_json`]): `logistic_regression.coef` is `classes x idf.len()`,
+/// one intercept per class, coefficients and intercepts finite within
+/// ±[`MAX_ABS_WEIGHT`](crate::classifier::MAX_ABS_WEIGHT), every idf finite in
+/// `(0, MAX_IDF]`, vocabulary columns unique and covering the idf. Every error names
+/// the file (and the field, e.g. `logistic_regression.coef[1][0]`).
 pub fn import_sklearn(path: &Path) -> Result<(Router, Vec<SklearnSample>)> {
     let bytes = std::fs::read(path).map_err(|e| RouterError::Io {
         path: path.to_path_buf(),
         source: e,
     })?;
-    let p: Params = serde_json::from_slice(&bytes).map_err(|e| RouterError::Json {
-        what: path.display().to_string(),
-        source: e,
-    })?;
+    import_bytes(&bytes, path).map_err(|e| e.in_file(path))
+}
+
+/// Checks the numbers and shapes of an export, naming its fields.
+fn check_params(p: &Params) -> Result<()> {
+    let lr = &p.logistic_regression;
+    let k = lr.class_names.len();
+    let n = p.tfidf.idf.len();
+    if let Some((i, &v)) = p
+        .tfidf
+        .idf
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(v.is_finite() && **v > 0.0 && **v <= MAX_IDF))
+    {
+        return Err(RouterError::Value {
+            field: format!("tfidf.idf[{i}]"),
+            value: v,
+            expected: format!("a finite idf in (0, {MAX_IDF:e}]"),
+        });
+    }
+    if lr.coef.len() != k || lr.intercept.len() != k {
+        return Err(RouterError::Invalid(format!(
+            "logistic_regression: {k} class_names, but coef has {} rows and intercept {} values",
+            lr.coef.len(),
+            lr.intercept.len()
+        )));
+    }
+    for (c, row) in lr.coef.iter().enumerate() {
+        if row.len() != n {
+            return Err(RouterError::Invalid(format!(
+                "logistic_regression.coef[{c}] has {} columns, tfidf.idf has {n}",
+                row.len()
+            )));
+        }
+        for (j, &w) in row.iter().enumerate() {
+            check_weight(w, || format!("logistic_regression.coef[{c}][{j}]"))?;
+        }
+    }
+    for (c, &b) in lr.intercept.iter().enumerate() {
+        check_weight(b, || format!("logistic_regression.intercept[{c}]"))?;
+    }
+    if !(lr.c.is_finite() && lr.c > 0.0) {
+        return Err(RouterError::Value {
+            field: "logistic_regression.C".into(),
+            value: lr.c,
+            expected: "a finite number > 0".into(),
+        });
+    }
+    Ok(())
+}
+
+fn import_bytes(bytes: &[u8], path: &Path) -> Result<(Router, Vec<SklearnSample>)> {
+    let p: Params =
+        serde_json::from_slice(bytes).map_err(|e| RouterError::json(path.display(), e))?;
+    check_params(&p)?;
     let t = &p.tfidf;
     if t.analyzer != "word" || t.ngram_range != [1, 1] || t.binary || !t.use_idf || !t.smooth_idf {
         return Err(unsupported(
@@ -109,15 +166,15 @@ pub fn import_sklearn(path: &Path) -> Result<(Router, Vec<SklearnSample>)> {
             })?;
         if col >= n || vocab[col] != u32::MAX {
             return Err(RouterError::Invalid(format!(
-                "vocabulary column {col} out of range or repeated"
+                "tfidf.vocabulary[{word:?}] = {col}: column out of range (tfidf.idf has {n}) or repeated"
             )));
         }
         vocab[col] = id;
     }
-    if vocab.contains(&u32::MAX) {
-        return Err(RouterError::Invalid(
-            "vocabulary does not cover every idf column".into(),
-        ));
+    if let Some(col) = vocab.iter().position(|&id| id == u32::MAX) {
+        return Err(RouterError::Invalid(format!(
+            "tfidf.vocabulary has no word for column {col} of tfidf.idf"
+        )));
     }
     let config = FeatureConfig {
         drop_ids: p.input_to_string.drop_ids.clone(),

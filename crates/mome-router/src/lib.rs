@@ -17,6 +17,8 @@
 //! * [`classifier`]: logistic regression, Naive Bayes, linear SVM, decision tree (linfa).
 //! * [`router`]: the [`Router`], its file format and routing.
 //! * [`import`]: the paper's scikit-learn router.
+//! * [`lines`]: routing a text stream line by line (`mome route`), bad lines
+//!   (invalid UTF-8, too long) as per-line error records.
 //! * [`calibrate`](mod@calibrate): confidence threshold / temperature from held-out in-domain data,
 //!   and the out-of-domain "not confident" measurement.
 //! * [`train`], [`data`], [`metrics`]: training, data, evaluation.
@@ -84,6 +86,7 @@ pub mod error;
 pub mod features;
 pub mod heldout;
 pub mod import;
+pub mod lines;
 pub mod metrics;
 pub mod ood;
 pub mod params;
@@ -98,6 +101,10 @@ pub use compare::{run_compare, CompareJob, CompareParams, CompareSummary};
 pub use error::{Result, RouterError};
 pub use features::{CharNgramConfig, FeatureConfig, PruneConfig, SparseVec, Vectorizer};
 pub use import::import_sklearn;
+pub use lines::{
+    route_lines, route_lines_each, InvalidUtf8, LineRecord, LinesSummary, RouteLinesJob,
+    RouteLinesParams,
+};
 pub use metrics::{evaluate, evaluate_router, EvalReport};
 pub use params::{DataParams, DataSpec};
 pub use router::{

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::calibrate::Calibration;
-use crate::classifier::{argmax, Classifier, ProbabilisticClassifier};
+use crate::classifier::{argmax, softmax_with_temperature, Classifier};
 use crate::error::{Result, RouterError};
 use crate::features::{CharNgramConfig, FeatureConfig, SparseVec, Vectorizer};
 
@@ -65,30 +65,17 @@ pub const MAX_TEMPERATURE: f64 = 1000.0;
 
 /// Rescales probabilities by a temperature: `p_i^(1/t)` renormalised, i.e.
 /// `softmax(scores / t)` for the linear models (`t > 1` flattens, `t < 1` sharpens).
+/// A router applies its temperature to the log-scores instead
+/// ([`Router::probabilities`]): probabilities that underflowed to 0 cannot be
+/// flattened back.
 pub fn apply_temperature(p: &mut [f64], t: f64) {
     if t == 1.0 || p.is_empty() {
         return;
     }
-    let inv = 1.0 / t;
     for x in p.iter_mut() {
-        *x = if *x > 0.0 {
-            x.ln() * inv
-        } else {
-            f64::NEG_INFINITY
-        };
+        *x = if *x > 0.0 { x.ln() } else { f64::NEG_INFINITY };
     }
-    let m = p.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !m.is_finite() {
-        let u = 1.0 / p.len() as f64;
-        p.iter_mut().for_each(|x| *x = u);
-        return;
-    }
-    let mut s = 0.0;
-    for x in p.iter_mut() {
-        *x = (*x - m).exp();
-        s += *x;
-    }
-    p.iter_mut().for_each(|x| *x /= s);
+    softmax_with_temperature(p, t);
 }
 
 /// Normalisation of raw text before tokenisation (applied by [`Router::route_text`]
@@ -208,55 +195,51 @@ impl Router {
         Ok(r)
     }
 
+    /// Checks that the parts agree and every number is usable; errors name the
+    /// field as in the router file.
     fn validate(&self) -> Result<()> {
         if self.classes.len() < 2 {
-            return Err(RouterError::Invalid(
-                "a router needs at least two classes".into(),
-            ));
+            return Err(RouterError::Invalid(format!(
+                "classes has {} names: a router needs at least two classes",
+                self.classes.len()
+            )));
         }
         let mut sorted = self.classes.clone();
         sorted.sort();
         sorted.dedup();
         if sorted.len() != self.classes.len() {
-            return Err(RouterError::Invalid("duplicate class names".into()));
+            return Err(RouterError::Invalid("classes has duplicate names".into()));
         }
-        if !(0.0..=1.0).contains(&self.threshold) {
-            return Err(RouterError::Invalid(format!(
-                "threshold {} is not in [0, 1]",
-                self.threshold
-            )));
-        }
-        check_feature_thresholds(&self.thresholds_by_features)
-            .map_err(|e| RouterError::Invalid(e.to_string()))?;
-        if !(1.0 / MAX_TEMPERATURE..=MAX_TEMPERATURE).contains(&self.temperature) {
-            return Err(RouterError::Invalid(format!(
-                "temperature {} is not in [{}, {MAX_TEMPERATURE}]",
-                self.temperature,
-                1.0 / MAX_TEMPERATURE
-            )));
-        }
+        check_probability("threshold", self.threshold)?;
+        check_feature_thresholds(&self.thresholds_by_features)?;
+        check_temperature("temperature", self.temperature)?;
         if let FeatureKind::CharNgrams(c) = &self.feature_kind {
-            c.validate()
-                .map_err(|e| RouterError::Invalid(e.to_string()))?;
-            if let Some(&max) = self.vectorizer.vocabulary().iter().max() {
-                if max >= c.n_buckets {
-                    return Err(RouterError::Invalid(format!(
-                        "bucket {max} out of range of {} buckets",
-                        c.n_buckets
-                    )));
-                }
+            c.validate().map_err(|e| {
+                RouterError::Invalid(format!("features.char_ngrams: {}", error_text(&e)))
+            })?;
+            if let Some((i, &id)) = self
+                .vectorizer
+                .vocabulary()
+                .iter()
+                .enumerate()
+                .find(|(_, id)| **id >= c.n_buckets)
+            {
+                return Err(RouterError::Invalid(format!(
+                    "features.vocabulary[{i}] = {id} is not below features.char_ngrams.n_buckets = {}",
+                    c.n_buckets
+                )));
             }
         }
         if self.classifier.n_classes != self.classes.len() {
             return Err(RouterError::Invalid(format!(
-                "classifier has {} classes, router names {}",
+                "classifier.n_classes = {} but classes has {} names",
                 self.classifier.n_classes,
                 self.classes.len()
             )));
         }
         if self.classifier.n_features != self.vectorizer.n_features() {
             return Err(RouterError::Invalid(format!(
-                "classifier has {} features, vectorizer {}",
+                "classifier.n_features = {} but features.vocabulary has {} columns",
                 self.classifier.n_features,
                 self.vectorizer.n_features()
             )));
@@ -290,7 +273,8 @@ impl Router {
         &self.thresholds_by_features
     }
     /// Sets the thresholds by number of known features (strictly increasing
-    /// `min_features`, thresholds in `[0, 1]`).
+    /// `min_features`, thresholds in `[0, 1]`; errors name
+    /// `thresholds_by_features[i]`).
     pub fn set_thresholds_by_features(&mut self, t: Vec<FeatureThreshold>) -> Result<()> {
         check_feature_thresholds(&t)?;
         self.thresholds_by_features = t;
@@ -389,10 +373,18 @@ impl Router {
         self.tokenizer = Some(tokenizer);
     }
 
-    /// Loads a router file and the tokenizer file (checked against the recorded hash).
+    /// Loads a router file and the tokenizer file (checked against the recorded
+    /// hash; a mismatch names both files).
     pub fn load_with_tokenizer(router: &Path, tokenizer: &Path) -> Result<Self> {
         let mut r = Self::load(router)?;
         let (tok, sha) = mome_data::tokenizer::load_tokenizer(tokenizer)?;
+        if let Some(want) = r.tokenizer_sha256.as_deref().filter(|w| *w != sha) {
+            return Err(RouterError::Tokenizer(format!(
+                "{} was trained with tokenizer sha256 {want}, but {} has sha256 {sha}",
+                router.display(),
+                tokenizer.display()
+            )));
+        }
         r.attach_tokenizer(tok, &sha)?;
         Ok(r)
     }
@@ -426,11 +418,14 @@ impl Router {
         }
     }
 
-    /// Class probabilities of a feature vector (temperature applied).
+    /// Class probabilities of a feature vector: `softmax(log_scores / temperature)`
+    /// by log-sum-exp ([`Classifier::log_scores_sparse`],
+    /// [`softmax_with_temperature`](crate::classifier::softmax_with_temperature)):
+    /// always a finite distribution, however large the scores.
     pub fn probabilities(&self, x: &SparseVec) -> Vec<f64> {
         let mut p = vec![0.0; self.classes.len()];
-        self.classifier.predict_proba_sparse(x, &mut p);
-        apply_temperature(&mut p, self.temperature);
+        self.classifier.log_scores_sparse(x, &mut p);
+        softmax_with_temperature(&mut p, self.temperature);
         p
     }
 
@@ -507,20 +502,36 @@ impl Router {
             classifier: self.classifier.clone(),
             provenance: self.provenance.clone(),
         };
-        serde_json::to_vec(&f).map_err(|e| RouterError::Json {
-            what: "router".into(),
-            source: e,
-        })
+        serde_json::to_vec(&f).map_err(|e| RouterError::json("router", e))
     }
 
-    /// Parses a router file's bytes (versions 1 and 2): wrong format name, version or
-    /// shape is an error, never a panic.
+    /// Parses a router file's bytes (versions 1 and 2): wrong format name, version,
+    /// shape or number is an error, never a panic. What a file must satisfy:
+    /// * `format` = `"mome-router"`, `version` 1 or 2 (version 1: none of
+    ///   `temperature`, `calibration`, `thresholds_by_features`), no unknown field;
+    /// * at least two classes, distinct; `classifier.n_classes` = their count and
+    ///   `classifier.n_features` = the number of vocabulary columns; a linear model's
+    ///   `coef` is `n_classes x n_features`, `intercept` has `n_classes` values; tree
+    ///   nodes point to later nodes, leaves hold one probability per class;
+    /// * vocabulary ids unique and below [`MAX_ID`](crate::features::MAX_ID) (char
+    ///   n-grams: below `n_buckets`), one idf per id;
+    /// * every number finite: coefficients and intercepts within
+    ///   ±[`MAX_ABS_WEIGHT`](crate::classifier::MAX_ABS_WEIGHT), idf in
+    ///   `(0, MAX_IDF]` ([`MAX_IDF`](crate::features::MAX_IDF)), thresholds and leaf
+    ///   probabilities in `[0, 1]`, temperature in `[1/MAX_TEMPERATURE,
+    ///   MAX_TEMPERATURE]`, the calibration record's numbers in their ranges
+    ///   ([`Calibration::validate`]).
+    ///
+    /// Errors name the field (`classifier.model.linear.coef[1][0]`); [`Router::load`]
+    /// adds the file.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        Self::from_json_named(bytes, "router file")
+    }
+
+    /// [`Router::from_json`], JSON errors naming `what` (the file).
+    fn from_json_named(bytes: &[u8], what: &str) -> Result<Self> {
         let v: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| RouterError::Json {
-                what: "router file".into(),
-                source: e,
-            })?;
+            serde_json::from_slice(bytes).map_err(|e| RouterError::json(what, e))?;
         let obj = v
             .as_object()
             .ok_or_else(|| RouterError::NotARouter("top level is not an object".into()))?;
@@ -552,10 +563,16 @@ impl Router {
                 }
             }
         }
-        let f: RouterFile = serde_json::from_value(v).map_err(|e| RouterError::Json {
-            what: "router file".into(),
-            source: e,
-        })?;
+        let f: RouterFile = match serde_json::from_value(v) {
+            Ok(f) => f,
+            // A value has no positions: parse the bytes again for the error's line.
+            Err(e) => {
+                return Err(match serde_json::from_slice::<RouterFile>(bytes) {
+                    Err(located) => RouterError::json(what, located),
+                    Ok(_) => RouterError::json(what, e),
+                })
+            }
+        };
         let feature_kind = match (f.features.kind.as_str(), f.features.char_ngrams) {
             (KIND_TOKEN_IDS, None) => FeatureKind::TokenIds,
             (KIND_CHAR_NGRAMS, Some(c)) if version >= 2 => FeatureKind::CharNgrams(c),
@@ -566,8 +583,16 @@ impl Router {
             }
         };
         if let FeatureKind::CharNgrams(c) = &feature_kind {
-            c.validate()
-                .map_err(|e| RouterError::Invalid(e.to_string()))?;
+            c.validate().map_err(|e| {
+                RouterError::Invalid(format!("features.char_ngrams: {}", error_text(&e)))
+            })?;
+        }
+        // Scalars first (cheap, and their errors are the most readable).
+        check_probability("threshold", f.threshold)?;
+        check_temperature("temperature", f.temperature)?;
+        check_feature_thresholds(&f.thresholds_by_features)?;
+        if let Some(c) = &f.calibration {
+            c.validate()?;
         }
         let vectorizer = Vectorizer::new(f.features.config, f.features.vocabulary, f.features.idf)?;
         let mut r = Router::new(
@@ -577,11 +602,9 @@ impl Router {
             f.threshold,
             f.tokenizer_sha256,
         )?;
-        r.set_temperature(f.temperature)
-            .map_err(|e| RouterError::Invalid(e.to_string()))?;
+        r.temperature = f.temperature;
+        r.thresholds_by_features = f.thresholds_by_features;
         r.set_feature_kind(feature_kind)?;
-        r.set_thresholds_by_features(f.thresholds_by_features)
-            .map_err(|e| RouterError::Invalid(e.to_string()))?;
         r.calibration = f.calibration;
         r.text_normalization = f.text_normalization;
         r.provenance = f.provenance;
@@ -594,28 +617,65 @@ impl Router {
         Ok(())
     }
 
-    /// Reads a router file.
+    /// Reads a router file ([`Router::from_json`]); every error names the file:
+    /// I/O and JSON errors as `file` / `file:LINE`, anything else wrapped in
+    /// [`RouterError::File`].
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| RouterError::Io {
             path: path.to_path_buf(),
             source: e,
         })?;
-        Self::from_json(&bytes)
+        Self::from_json_named(&bytes, &path.display().to_string()).map_err(|e| e.in_file(path))
+    }
+}
+
+/// The message of an error and its causes (for errors folded into another's text).
+fn error_text(e: &RouterError) -> String {
+    crate::error::chain(e)
+}
+
+/// A probability-valued field (`threshold`): in `[0, 1]` (NaN is not).
+pub(crate) fn check_probability(field: &str, v: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(RouterError::Value {
+            field: field.into(),
+            value: v,
+            expected: "a probability in [0, 1]".into(),
+        })
+    }
+}
+
+/// A temperature-valued field: in `[1/MAX_TEMPERATURE, MAX_TEMPERATURE]`.
+pub(crate) fn check_temperature(field: &str, t: f64) -> Result<()> {
+    if (1.0 / MAX_TEMPERATURE..=MAX_TEMPERATURE).contains(&t) {
+        Ok(())
+    } else {
+        Err(RouterError::Value {
+            field: field.into(),
+            value: t,
+            expected: format!(
+                "a temperature in [{}, {MAX_TEMPERATURE}]",
+                1.0 / MAX_TEMPERATURE
+            ),
+        })
     }
 }
 
 fn check_feature_thresholds(t: &[FeatureThreshold]) -> Result<()> {
     for (i, b) in t.iter().enumerate() {
-        if !(0.0..=1.0).contains(&b.threshold) {
-            return Err(RouterError::Params(format!(
-                "threshold {} is not in [0, 1]",
-                b.threshold
-            )));
-        }
+        check_probability(
+            &format!("thresholds_by_features[{i}].threshold"),
+            b.threshold,
+        )?;
         if i > 0 && t[i - 1].min_features >= b.min_features {
-            return Err(RouterError::Params(
-                "thresholds by features must have strictly increasing min_features".into(),
-            ));
+            return Err(RouterError::Invalid(format!(
+                "thresholds_by_features[{i}].min_features = {} is not above the previous one ({}): \
+                 min_features must increase strictly",
+                b.min_features,
+                t[i - 1].min_features
+            )));
         }
     }
     Ok(())

@@ -587,3 +587,324 @@ fn bench_inputs_and_routing_bench() {
         epsilon = 1e-6 * b.per_call_us
     );
 }
+
+/// An edit of a JSON file.
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
+/// `{:#}` of an error: every message of the chain, once.
+fn chain(e: &RouterError) -> String {
+    mome_router::error::chain(e)
+}
+
+/// A router file (JSON value) of `small_router`, edited by `edit`, loaded from disk.
+fn load_edited(edit: impl FnOnce(&mut serde_json::Value)) -> (std::path::PathBuf, RouterError) {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&small_router().to_json().unwrap()).unwrap();
+    edit(&mut v);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("edited_router.json");
+    std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    let e = Router::load(&p).expect_err("the edited file must be refused");
+    (p, e)
+}
+
+/// The field named by a (file-wrapped) value error.
+fn value_field(e: &RouterError) -> Option<(&str, f64)> {
+    match e {
+        RouterError::File { source, .. } => value_field(source),
+        RouterError::Value { field, value, .. } => Some((field.as_str(), *value)),
+        _ => None,
+    }
+}
+
+#[test]
+fn huge_coefficients_are_refused_on_load_naming_file_and_field() {
+    // Before: 1e308 coefficients loaded and routed to NaN ("null") probabilities.
+    for (path, value) in [
+        ("coef", 1e308),
+        ("coef", -1e308),
+        ("coef", 1.1e100),
+        ("intercept", -1e308),
+    ] {
+        let (file, e) = load_edited(|v| {
+            let lin = &mut v["classifier"]["model"]["linear"];
+            if path == "coef" {
+                lin["coef"][1][4] = value.into();
+            } else {
+                lin["intercept"][2] = value.into();
+            }
+        });
+        let want = if path == "coef" {
+            "classifier.model.linear.coef[1][4]"
+        } else {
+            "classifier.model.linear.intercept[2]"
+        };
+        assert_eq!(value_field(&e), Some((want, value)), "{}", chain(&e));
+        assert!(matches!(&e, RouterError::File { path, .. } if *path == file));
+        let msg = chain(&e);
+        assert!(
+            msg.starts_with(&format!("{}: invalid router: {want} = ", file.display())),
+            "{msg}"
+        );
+        assert!(msg.contains("1e100"), "the bound is named: {msg}");
+    }
+    // The bound itself is accepted.
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&small_router().to_json().unwrap()).unwrap();
+    v["classifier"]["model"]["linear"]["coef"][0][0] = 1e100.into();
+    assert!(Router::from_json(&serde_json::to_vec(&v).unwrap()).is_ok());
+    // Numbers beyond f64 are not JSON serde_json reads: a JSON error with file:LINE.
+    let text = String::from_utf8(small_router().to_json().unwrap()).unwrap();
+    assert!(text.contains("\"intercept\":["));
+    let text = text.replacen("\"intercept\":[", "\"intercept\":[1e999,", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.json");
+    std::fs::write(&p, text).unwrap();
+    let e = Router::load(&p).unwrap_err();
+    assert!(matches!(e, RouterError::Json { line: 1, .. }), "{e:?}");
+    let msg = chain(&e);
+    assert!(
+        msg.starts_with(&format!("{}:1: invalid JSON at column ", p.display())),
+        "{msg}"
+    );
+    assert!(!msg.contains("at line"), "location given once: {msg}");
+}
+
+#[test]
+fn idf_must_be_positive_and_finite() {
+    for bad in [-1.0, 0.0, -1e-300, 1e101] {
+        let (_, e) = load_edited(|v| v["features"]["idf"][3] = bad.into());
+        assert_eq!(
+            value_field(&e),
+            Some(("features.idf[3]", bad)),
+            "{}",
+            chain(&e)
+        );
+    }
+    for bad in [-1.0, 0.0, f64::NAN, f64::INFINITY] {
+        assert!(matches!(
+            Vectorizer::new(FeatureConfig::default(), vec![10, 11], vec![1.0, bad]),
+            Err(RouterError::Value { .. })
+        ));
+    }
+    // The smallest idf scikit-learn can give (a term in every document) is 1.
+    let docs: Vec<Vec<u32>> = vec![vec![10, 11], vec![10], vec![10, 12]];
+    let refs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
+    let prune = PruneConfig {
+        min_df: 1,
+        max_features: None,
+    };
+    let v = Vectorizer::fit(FeatureConfig::default(), &prune, &refs).unwrap();
+    assert_eq!(v.idf()[0], 1.0);
+}
+
+#[test]
+fn inconsistent_shapes_and_ids_are_refused_naming_the_field() {
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "coef[1] has 5 columns",
+            Box::new(|v| {
+                v["classifier"]["model"]["linear"]["coef"][1]
+                    .as_array_mut()
+                    .unwrap()
+                    .pop();
+            }),
+        ),
+        (
+            "classifier.n_features = 7",
+            Box::new(|v| v["classifier"]["n_features"] = 7.into()),
+        ),
+        (
+            "features.vocabulary[3] = 10 appears twice",
+            Box::new(|v| v["features"]["vocabulary"][3] = 10.into()),
+        ),
+        (
+            "features.vocabulary[5] = 16777216 is not below",
+            Box::new(|v| v["features"]["vocabulary"][5] = (1u32 << 24).into()),
+        ),
+        (
+            "calibration.accuracy = 2",
+            Box::new(|v| {
+                v["calibration"] = serde_json::json!({
+                    "method": "in-domain-quantile", "target_confident": 0.99, "n": 10,
+                    "temperature": 1.0, "threshold": 0.5, "confident_fraction": 1.0,
+                    "accuracy": 2.0, "nll_at_temperature_1": 0.1, "nll": 0.1,
+                    "previous_threshold": 0.5, "previous_temperature": 1.0
+                })
+            }),
+        ),
+        (
+            "thresholds_by_features[0].threshold = -0.5",
+            Box::new(|v| {
+                v["thresholds_by_features"] =
+                    serde_json::json!([{"min_features": 1, "threshold": -0.5}])
+            }),
+        ),
+        (
+            "temperature = 0",
+            Box::new(|v| v["temperature"] = 0.0.into()),
+        ),
+    ];
+    for (want, edit) in cases {
+        let (file, e) = load_edited(|v| edit(v));
+        let msg = chain(&e);
+        assert!(msg.starts_with(&file.display().to_string()), "{msg}");
+        assert!(msg.contains(want), "{want:?} not in {msg:?}");
+    }
+}
+
+#[test]
+fn tree_leaves_must_hold_probabilities() {
+    let (x, y) = toy();
+    let clf = ClassifierParams::new(ClassifierKind::Tree)
+        .fit(&DatasetBase::new(x, y))
+        .unwrap();
+    let v = Vectorizer::new(
+        FeatureConfig::default(),
+        vec![10, 11, 12, 13, 14, 15],
+        vec![1.0; 6],
+    )
+    .unwrap();
+    let r = Router::new(vec!["a".into(), "b".into(), "c".into()], v, clf, 0.6, None).unwrap();
+    let mut file: serde_json::Value = serde_json::from_slice(&r.to_json().unwrap()).unwrap();
+    let nodes = file["classifier"]["model"]["tree"]["nodes"]
+        .as_array_mut()
+        .unwrap();
+    let leaf = nodes.iter().position(|n| n.get("leaf").is_some()).unwrap();
+    // Before: leaves of 1e308 summed to inf and routed to all-zero probabilities.
+    nodes[leaf]["leaf"]["probabilities"] = serde_json::json!([1e308, 1e308, 0.0]);
+    let e = Router::from_json(&serde_json::to_vec(&file).unwrap()).unwrap_err();
+    let field = format!("classifier.model.tree.nodes[{leaf}].leaf.probabilities[0]");
+    assert_eq!(
+        value_field(&e),
+        Some((field.as_str(), 1e308)),
+        "{}",
+        chain(&e)
+    );
+}
+
+/// A two-class router with one feature (id 10, idf 1: the input `[10]` has the
+/// feature value 1), so the logits of `[10]` are `coef + intercept`.
+fn logit_router(coef: [f64; 2], intercept: [f64; 2]) -> Router {
+    use mome_router::classifier::{Classifier, LinearModel, ModelBody};
+    let v = Vectorizer::new(FeatureConfig::default(), vec![10], vec![1.0]).unwrap();
+    let clf = Classifier {
+        params: ValidClassifierParams::Logreg {
+            c: 1.0,
+            max_iter: 1,
+            tol: 1e-4,
+        },
+        n_classes: 2,
+        n_features: 1,
+        model: ModelBody::Linear(
+            LinearModel::from_coef(&[vec![coef[0]], vec![coef[1]]], &intercept).unwrap(),
+        ),
+    };
+    Router::new(vec!["a".into(), "b".into()], v, clf, 0.5, None).unwrap()
+}
+
+fn assert_distribution(p: &[f64]) {
+    assert!(p.iter().all(|x| x.is_finite() && *x >= 0.0), "{p:?}");
+    assert_abs_diff_eq!(p.iter().sum::<f64>(), 1.0, epsilon = 1e-12);
+}
+
+#[test]
+fn large_valid_logits_give_finite_probabilities_at_any_temperature() {
+    // Logits 0 and 5000: at temperature 1000 they are 0 and 5, so p_b = 1/(1 + e^-5).
+    // Before, the temperature was applied to probabilities that had already
+    // underflowed to 0 and 1, and gave exactly [0, 1].
+    let mut r = logit_router([0.0, 5000.0], [0.0, 0.0]);
+    let p = r.route(&[10]).probabilities;
+    assert_distribution(&p);
+    assert_eq!(p, vec![0.0, 1.0]);
+    r.set_temperature(1000.0).unwrap();
+    let p = r.route(&[10]).probabilities;
+    assert_distribution(&p);
+    let pb = 1.0 / (1.0 + (-5.0f64).exp());
+    assert_abs_diff_eq!(p[1], pb, epsilon = 1e-12);
+    assert_abs_diff_eq!(p[0], 1.0 - pb, epsilon = 1e-12);
+    // Saved and loaded, the same.
+    let back = Router::from_json(&r.to_json().unwrap()).unwrap();
+    assert_eq!(back.route(&[10]).probabilities, p);
+    // Logits of +-1e4 through the intercepts, and the largest coefficients allowed
+    // (sharpened by the smallest temperature): finite, summing to 1.
+    for (coef, intercept) in [
+        ([0.0, 0.0], [1e4, -1e4]),
+        ([1e100, -1e100], [1e100, -1e100]),
+        ([-1e100, -1e100], [-1e100, 1e100]),
+    ] {
+        let mut r = logit_router(coef, intercept);
+        for t in [1.0, 1e-3, 1e3] {
+            r.set_temperature(t).unwrap();
+            for ids in [&[10u32][..], &[10, 10, 10], &[]] {
+                let routed = r.route(ids);
+                assert_distribution(&routed.probabilities);
+            }
+        }
+    }
+    // Scores beyond f64 (none can come from a valid router) still give a
+    // distribution: the infinite ones share the mass, NaN counts as impossible.
+    for (mut v, want) in [
+        (vec![f64::INFINITY, 0.0, f64::NAN], vec![1.0, 0.0, 0.0]),
+        (vec![f64::INFINITY, f64::INFINITY], vec![0.5, 0.5]),
+        (vec![f64::NEG_INFINITY, f64::NAN], vec![0.5, 0.5]),
+        (vec![1e308, -1e308, 1e308], vec![0.5, 0.0, 0.5]),
+    ] {
+        mome_router::classifier::softmax_inplace(&mut v);
+        assert_eq!(v, want);
+    }
+    // The temperature path of probabilities (apply_temperature) is log-sum-exp too.
+    let mut p = vec![1.0, 0.0, 0.0];
+    mome_router::router::apply_temperature(&mut p, 1000.0);
+    assert_eq!(p, vec![1.0, 0.0, 0.0]);
+}
+
+#[test]
+fn import_sklearn_checks_its_numbers_and_names_the_file() {
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(PARAMS).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "logistic_regression.coef[2][5] = 1e308",
+            Box::new(|v| v["logistic_regression"]["coef"][2][5] = 1e308.into()),
+        ),
+        (
+            "logistic_regression.intercept[0] = -1e308",
+            Box::new(|v| v["logistic_regression"]["intercept"][0] = (-1e308).into()),
+        ),
+        (
+            "tfidf.idf[1] = -2",
+            Box::new(|v| v["tfidf"]["idf"][1] = (-2.0).into()),
+        ),
+        (
+            "logistic_regression.coef[0] has",
+            Box::new(|v| {
+                v["logistic_regression"]["coef"][0]
+                    .as_array_mut()
+                    .unwrap()
+                    .pop();
+            }),
+        ),
+    ];
+    for (i, (want, edit)) in cases.into_iter().enumerate() {
+        let mut v = original.clone();
+        edit(&mut v);
+        let p = dir.path().join(format!("params_{i}.json"));
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        let e = mome_router::import_sklearn(&p).unwrap_err();
+        let msg = chain(&e);
+        assert!(
+            msg.starts_with(&format!("{}: ", p.display())),
+            "names the file: {msg}"
+        );
+        assert!(msg.contains(want), "{want:?} not in {msg:?}");
+    }
+    let p = dir.path().join("truncated.json");
+    std::fs::write(&p, b"{\"tfidf\": ").unwrap();
+    let msg = chain(&mome_router::import_sklearn(&p).unwrap_err());
+    assert!(
+        msg.starts_with(&format!("{}:1: invalid JSON", p.display())),
+        "{msg}"
+    );
+}

@@ -230,11 +230,32 @@ impl Gpt2Config {
         Ok(serde_json::from_str(s)?)
     }
 
-    /// Reads and parses a Hugging Face `config.json` file.
+    /// Reads and parses a Hugging Face `config.json` file; a parse error is an
+    /// [`Error::ConfigFile`] naming the file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json_str(&s)
+        serde_json::from_str(&s).map_err(|e| Error::ConfigFile {
+            path: path.to_path_buf(),
+            reason: "not a valid GPT-2 config".into(),
+            source: Some(e),
+        })
+    }
+
+    /// [`Self::from_file`], then [`Self::validate`], with an invalid value reported as
+    /// an [`Error::ConfigFile`] naming the file.
+    pub fn from_file_checked(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let cfg = Self::from_file(path)?;
+        cfg.validate().map_err(|e| match e {
+            Error::Config(reason) => Error::ConfigFile {
+                path: path.to_path_buf(),
+                reason,
+                source: None,
+            },
+            other => other,
+        })?;
+        Ok(cfg)
     }
 
     /// The config as Hugging Face `config.json` text, loadable by

@@ -15,7 +15,9 @@ pub const CONFIG_FILE: &str = "config.json";
 
 impl Gpt2LmHeadModel {
     /// Writes `config.json` and `model.safetensors` (fp32, HF keys; a tied model omits
-    /// `lm_head.weight` like Hugging Face) into `dir`, each file atomically.
+    /// `lm_head.weight` like Hugging Face) into `dir`, each file atomically
+    /// ([`mome_data::fsutil::write_atomic`], which also removes the temporaries of
+    /// these files left in `dir` by a killed writer).
     pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -25,10 +27,8 @@ impl Gpt2LmHeadModel {
             .map(|(n, t)| Ok((n, t.f_detach()?.f_to_kind(Kind::Float)?)))
             .collect::<Result<Vec<_>>>()?;
         mome_core::tensor_io::write_safetensors(&dir.join(WEIGHTS_FILE), &tensors)?;
-        let cfg_path = dir.join(CONFIG_FILE);
-        let tmp = dir.join(format!(".{CONFIG_FILE}.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, self.config.to_hf_json()? + "\n").map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let text = self.config.to_hf_json()? + "\n";
+        mome_data::fsutil::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
         Ok(())
     }
 
@@ -39,11 +39,12 @@ impl Gpt2LmHeadModel {
     /// `.attn.masked_bias` buffers (ignored), an `lm_head.weight` in a tied model when
     /// it equals `wte` (ignored), and files written by the bare `GPT2Model` (keys
     /// without the `transformer.` prefix). Anything else that does not fit is an
-    /// [`Error::Checkpoint`] naming every missing, unexpected and mismatched key.
+    /// [`Error::Checkpoint`] naming every missing, unexpected and mismatched key. An
+    /// invalid `config.json` is an [`Error::ConfigFile`] and a tensor holding NaN or
+    /// infinity an [`Error::NonFiniteTensor`], each naming the file (and the tensor).
     pub fn from_pretrained(dir: impl AsRef<Path>, device: Device) -> Result<(nn::VarStore, Self)> {
         let dir = dir.as_ref();
-        let cfg = Gpt2Config::from_file(dir.join(CONFIG_FILE))?;
-        cfg.validate()?;
+        let cfg = Gpt2Config::from_file_checked(dir.join(CONFIG_FILE))?;
         let vs = nn::VarStore::new(device);
         let model = Self::new(&vs.root(), &cfg)?;
         let path = dir.join(WEIGHTS_FILE);
@@ -54,6 +55,8 @@ impl Gpt2LmHeadModel {
 
     /// Loads HF-keyed tensors into this model, which must have been built at the root
     /// of `vs`; `source` names the origin in errors. See [`Self::from_pretrained`].
+    /// The first tensor (in the order given) that holds NaN or infinity is an
+    /// [`Error::NonFiniteTensor`]; nothing is loaded then.
     pub fn load_hf_tensors(
         &self,
         vs: &nn::VarStore,
@@ -63,11 +66,11 @@ impl Gpt2LmHeadModel {
         let has_prefix = tensors.iter().any(|(n, _)| n.starts_with("transformer."));
         let mut kept = Vec::with_capacity(tensors.len());
         let mut lm_head = None;
-        for (name, t) in tensors {
-            let name = if has_prefix || name == "lm_head.weight" {
-                name
+        for (file_name, t) in tensors {
+            let name = if has_prefix || file_name == "lm_head.weight" {
+                file_name.clone()
             } else {
-                format!("transformer.{name}")
+                format!("transformer.{file_name}")
             };
             let parts: Vec<&str> = name.split('.').collect();
             let is_buffer = matches!(
@@ -76,6 +79,18 @@ impl Gpt2LmHeadModel {
             );
             if is_buffer {
                 continue;
+            }
+            // One reduction per tensor: cheap next to reading the file.
+            let finite = t
+                .f_isfinite()
+                .and_then(|f| f.f_all())
+                .and_then(|f| f.f_to_kind(Kind::Int64))
+                .and_then(|f| f.f_int64_value(&[]))?;
+            if finite == 0 {
+                return Err(Error::NonFiniteTensor {
+                    path: source.to_path_buf(),
+                    name: file_name,
+                });
             }
             if name == "lm_head.weight" && self.lm_head.is_none() {
                 lm_head = Some(t);
