@@ -31,6 +31,7 @@
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod findings;
 pub mod report;
 mod router_stage;
 pub mod stages;

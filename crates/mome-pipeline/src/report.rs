@@ -117,6 +117,13 @@ pub fn write_report(layout: &Layout, cfg: &PipelineConfig, plans: &[StagePlan]) 
     let _ = writeln!(md, "| | **total** | **{total:.1}** | |\n");
     md.push_str("Wall time is that of the session that completed the stage (a stage skipped on a re-run keeps its time).\n\n");
 
+    // The paper's findings against this run (also in findings.json).
+    let f = crate::findings::findings(cfg, layout)?;
+    md.push_str("## The paper's findings\n\nEach verdict follows a stated rule (`mome_pipeline::findings`); the sections below hold every number.\n\n");
+    md.push_str(&f.to_markdown());
+    md.push('\n');
+    mome_data::fsutil::write_json_atomic(&root.join("findings.json"), &f)?;
+
     // Balance.
     let b: BalanceReport = read_json(&layout.stage("balance").join("balance.json"))?;
     let _ = writeln!(
