@@ -326,7 +326,11 @@ fn full_run_resume_only_from_and_kill() {
     assert!(!out.join("teacher/stage.json").exists());
     let o = run(&config, &out, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("teacher: running (not done yet)"), "{err}");
+    // The killed attempt's folder is kept and its jobs resume from their checkpoints.
+    assert!(
+        err.contains("teacher: running (resuming an interrupted attempt)"),
+        "{err}"
+    );
     assert!(err.contains("balance: skipped"), "{err}");
     for s in STAGES {
         assert!(out.join(s).join("stage.json").exists(), "{s}");

@@ -50,6 +50,10 @@ use stages::{Layout, StagePlan, STAGES};
 
 /// Name of the file a stage writes last.
 pub const STAGE_FILE: &str = "stage.json";
+/// Name of the file a stage writes first: the hash of the attempt under way. A stage
+/// interrupted (killed, or stopped at a time limit) keeps its folder, and the next run
+/// with the same hash resumes it: each job continues from its own checkpoints.
+pub const ATTEMPT_FILE: &str = "attempt.json";
 /// Files above this size are identified by size and modification time, not content.
 const HASH_LIMIT: u64 = 256 << 20;
 
@@ -242,8 +246,12 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary> {
         let forced = only == Some(i) || from.is_some_and(|f| i >= f);
         let key = stage_key(plan, &layout)?;
         let recorded = recorded_hash(&layout, plan.name);
+        let resumable = !forced
+            && recorded.is_none()
+            && attempt_hash(&layout, plan.name).is_some_and(|h| h == key.hash);
         let why = match (&recorded, forced) {
             (_, true) => "requested",
+            (None, _) if resumable => "resuming an interrupted attempt",
             (None, _) => "not done yet",
             (Some(r), _) if *r != key.hash => "settings or inputs changed",
             _ => {
@@ -258,6 +266,7 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary> {
             eprintln!("[{}/{n}] {}: running ({why})", i + 1, plan.name);
         }
         let t0 = Instant::now();
+        prepare_stage_dir(&layout.stage(plan.name), &key.hash, resumable)?;
         let commands =
             run_one(plan, &layout, &cfg, &plans, opts.quiet).map_err(|e| Error::StageFailed {
                 stage: plan.name.to_string(),
@@ -295,7 +304,32 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<PipelineSummary> {
     })
 }
 
-/// Empties the stage folder and runs the stage; returns what it ran.
+/// The hash of a stage's attempt under way (or interrupted), from its `attempt.json`.
+fn attempt_hash(layout: &Layout, name: &str) -> Option<String> {
+    let bytes = std::fs::read(layout.stage(name).join(ATTEMPT_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v["hash"].as_str().map(str::to_string)
+}
+
+/// Makes `dir` ready for an attempt of hash `hash`: kept as it is when `resume`
+/// (an interrupted attempt of the same hash: its jobs resume from their checkpoints),
+/// otherwise emptied; then `attempt.json` records the hash.
+fn prepare_stage_dir(dir: &Path, hash: &str, resume: bool) -> Result<()> {
+    if !resume && dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    mome_data::fsutil::write_json_atomic(
+        &dir.join(ATTEMPT_FILE),
+        &json!({"hash": hash, "started_unix": started, "resumed": resume}),
+    )?;
+    Ok(())
+}
+
+/// Runs the stage in its prepared folder; returns what it ran.
 fn run_one(
     plan: &StagePlan,
     layout: &Layout,
@@ -304,10 +338,6 @@ fn run_one(
     quiet: bool,
 ) -> Result<Vec<String>> {
     let dir = layout.stage(plan.name);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let log = dir.join("log.txt");
     if !plan.enabled {
         std::fs::write(&log, "disabled in the config\n").map_err(|e| Error::io(&log, e))?;
@@ -323,4 +353,32 @@ fn run_one(
     text.push('\n');
     std::fs::write(&log, text).map_err(|e| Error::io(&log, e))?;
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_attempt_of_the_same_hash_keeps_its_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("students");
+        prepare_stage_dir(&dir, "aaa", false).unwrap();
+        // What a job wrote before the attempt was killed.
+        let ckpt = dir.join("en/checkpoints/step-00000090");
+        std::fs::create_dir_all(&ckpt).unwrap();
+        let layout = Layout {
+            root: root.path().to_path_buf(),
+            config: root.path().join("c.toml"),
+        };
+        assert_eq!(attempt_hash(&layout, "students").as_deref(), Some("aaa"));
+
+        prepare_stage_dir(&dir, "aaa", true).unwrap();
+        assert!(ckpt.exists(), "resuming keeps the jobs' checkpoints");
+
+        // Another hash (or a forced re-run) starts over.
+        prepare_stage_dir(&dir, "bbb", false).unwrap();
+        assert!(!ckpt.exists(), "a new attempt starts from an empty folder");
+        assert_eq!(attempt_hash(&layout, "students").as_deref(), Some("bbb"));
+    }
 }
