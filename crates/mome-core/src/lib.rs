@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod optim;
 pub mod profile;
 pub mod progress;
+pub mod rng;
 pub mod schedule;
 pub mod trainer;
 

@@ -143,10 +143,9 @@ pub fn seeded_model(
 ) -> Result<(nn::VarStore, Gpt2LmHeadModel)> {
     // libtorch's generator is process-global: ranks on threads of one process
     // (dist::LocalGroup) must not interleave their seeded initialisations.
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let vs = nn::VarStore::new(device);
     let mut model = {
-        let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        let _init = mome_core::rng::lock_default_generator();
         tch::manual_seed(train.seed as i64);
         Gpt2LmHeadModel::new(&vs.root(), cfg)?
     };

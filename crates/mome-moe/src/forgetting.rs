@@ -640,9 +640,12 @@ fn run_moe(
         common_expert: job.moe_arch == Arch::MoeCe,
         low_confidence_to_common: true,
     };
-    tch::manual_seed(cfg.seed as i64);
     let vs = nn::VarStore::new(device);
-    let mut model = MoeModel::new(&vs.root(), &mcfg)?;
+    let mut model = {
+        let _g = mome_core::rng::lock_default_generator();
+        tch::manual_seed(cfg.seed as i64);
+        MoeModel::new(&vs.root(), &mcfg)?
+    };
     model.set_compute_kind(cfg.precision.compute_kind())?;
     let eval_shards = ShardSet::open(&job.shards)?;
     let opts = EvalOptions {

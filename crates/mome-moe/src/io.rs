@@ -150,7 +150,12 @@ impl MoeModel {
         let cfg: MoeConfig = serde_json::from_str(&text)?;
         cfg.validate()?;
         let vs = nn::VarStore::new(device);
-        let model = MoeModel::new(&vs.root(), &cfg)?;
+        // Its random initialisation (then overwritten) must not interleave with
+        // another thread's seeded one (mome_core::rng).
+        let model = {
+            let _g = mome_core::rng::lock_default_generator();
+            MoeModel::new(&vs.root(), &cfg)?
+        };
         let shared = cfg.arch.shared_embeddings();
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         let (mut missing, mut unexpected, mut mismatched) = (vec![], vec![], vec![]);
@@ -372,7 +377,10 @@ pub fn build_ple(
         low_confidence_to_common: true,
     };
     let vs = nn::VarStore::new(device);
-    let model = MoeModel::new(&vs.root(), &cfg)?;
+    let model = {
+        let _g = mome_core::rng::lock_default_generator();
+        MoeModel::new(&vs.root(), &cfg)?
+    };
     let mut tensors = Vec::new();
     let sources = loaded
         .iter()

@@ -430,9 +430,12 @@ impl MoeTrainJob {
     /// run's compute kind, its experts placed on `expert_devices`.
     pub fn build_model(&self) -> Result<(nn::VarStore, MoeModel)> {
         let p = &self.params;
-        tch::manual_seed(p.train.seed as i64);
         let vs = nn::VarStore::new(self.device);
-        let mut model = MoeModel::new(&vs.root(), &self.config)?;
+        let mut model = {
+            let _g = mome_core::rng::lock_default_generator();
+            tch::manual_seed(p.train.seed as i64);
+            MoeModel::new(&vs.root(), &self.config)?
+        };
         model.set_compute_kind(p.train.precision.compute_kind())?;
         if !self.expert_devices.is_empty() {
             model.place_experts(&self.expert_devices)?;

@@ -46,7 +46,12 @@ impl Gpt2LmHeadModel {
         let dir = dir.as_ref();
         let cfg = Gpt2Config::from_file_checked(dir.join(CONFIG_FILE))?;
         let vs = nn::VarStore::new(device);
-        let model = Self::new(&vs.root(), &cfg)?;
+        // The construction draws a random initialisation (then overwritten): never
+        // in the middle of another thread's seeded one (mome_core::rng).
+        let model = {
+            let _g = mome_core::rng::lock_default_generator();
+            Self::new(&vs.root(), &cfg)?
+        };
         let path = dir.join(WEIGHTS_FILE);
         let tensors = mome_core::tensor_io::read_safetensors(&path, Device::Cpu)?;
         model.load_hf_tensors(&vs, tensors, &path)?;
