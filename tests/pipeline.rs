@@ -287,7 +287,11 @@ fn full_run_resume_only_from_and_kill() {
         assert_eq!(from[i] != again[i], i >= 7, "--from grid and {s}");
     }
 
-    // 5. Killed in the middle of the teacher stage, then resumed.
+    // 5. Killed in the middle of the teacher stage, then resumed. The forced attempt
+    // empties the folder first, so the old `train.toml` goes (removed here too: while
+    // the folder is being emptied, the old `train.toml` may outlive `stage.json`);
+    // a `train.toml` then means the new attempt has written its `attempt.json`.
+    std::fs::remove_file(out.join("teacher/train.toml")).unwrap();
     let mut child = {
         use std::os::unix::process::CommandExt;
         mome()

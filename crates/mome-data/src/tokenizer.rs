@@ -295,34 +295,29 @@ where
     Ok((text, final_tok, merges))
 }
 
-/// The domain names of the `*.jsonl` files of `dir` (none when it does not exist).
-fn jsonl_stems(dir: &Path) -> Result<Vec<String>> {
+/// The `*.jsonl` files of `dir` with their domain names (file stems), sorted; none
+/// when `dir` does not exist.
+fn jsonl_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let io = |e| Error::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    };
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(Error::Io {
-                path: dir.to_path_buf(),
-                source: e,
-            })
-        }
+        Err(e) => return Err(io(e)),
     };
-    let mut stems = Vec::new();
+    let mut files = Vec::new();
     for entry in rd {
-        let p = entry
-            .map_err(|e| Error::Io {
-                path: dir.to_path_buf(),
-                source: e,
-            })?
-            .path();
+        let p = entry.map_err(io)?.path();
         if p.extension().is_some_and(|e| e == "jsonl") {
             if let Some(stem) = p.file_stem() {
-                stems.push(stem.to_string_lossy().into_owned());
+                files.push((stem.to_string_lossy().into_owned(), p));
             }
         }
     }
-    stems.sort();
-    Ok(stems)
+    files.sort();
+    Ok(files)
 }
 
 /// Unless allowed: every domain of the folder has a train file with a document with
@@ -332,7 +327,7 @@ fn check_train_domains(
     files: &[(String, PathBuf)],
     spec: impl Fn(&Path) -> CorpusSpec,
 ) -> Result<()> {
-    for d in jsonl_stems(&dir.join("validation"))? {
+    for (d, _) in jsonl_files(&dir.join("validation"))? {
         if !files.iter().any(|(name, _)| *name == d) {
             let path = dir.join("train").join(format!("{d}.jsonl"));
             return Err(crate::encode::empty_train_domain(
@@ -362,27 +357,13 @@ fn check_train_domains(
 /// The `train/*.jsonl` files of a balanced folder, sorted, with their domain names.
 fn train_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let train = dir.join("train");
-    let rd = std::fs::read_dir(&train).map_err(|e| Error::InvalidPath {
-        path: train.clone(),
-        reason: format!("not a balanced corpus folder (expected DIR/train/<domain>.jsonl): {e}"),
-    })?;
-    let mut files = Vec::new();
-    for entry in rd {
-        let p = entry
-            .map_err(|e| Error::Io {
-                path: train.clone(),
-                source: e,
-            })?
-            .path();
-        if p.extension().is_some_and(|e| e == "jsonl") {
-            let stem = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            files.push((stem, p));
-        }
+    if !train.is_dir() {
+        return Err(Error::InvalidPath {
+            path: train,
+            reason: "not a balanced corpus folder (expected DIR/train/<domain>.jsonl)".into(),
+        });
     }
-    files.sort();
+    let files = jsonl_files(&train)?;
     if files.is_empty() {
         return Err(Error::InvalidPath {
             path: train,
