@@ -249,3 +249,28 @@ pub fn route_lines(data: &[u8]) {
         Err(e) => panic!("unexpected error {e:?}"),
     }
 }
+
+/// `import_sklearn`: arbitrary bytes as a scikit-learn router export give a typed
+/// error naming the file, or a router that routes its own samples to finite
+/// distributions, saves and loads again.
+pub fn import_sklearn(data: &[u8]) {
+    let path = std::env::temp_dir().join(format!("mome-fuzz-sklearn-{}.json", std::process::id()));
+    std::fs::write(&path, data).expect("scratch write");
+    let (router, samples) = match mome_router::import::import_sklearn(&path) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = mome_router::error::chain(&e);
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            return;
+        }
+    };
+    let k = router.classes().len();
+    for s in samples.iter().take(64) {
+        check_distribution(&router.route(&s.token_ids).probabilities, k);
+    }
+    assert!(
+        mome_router::import::max_abs_error(&router, &samples[..samples.len().min(64)]).is_finite()
+    );
+    let bytes = router.to_json().expect("an imported router serialises");
+    Router::from_json(&bytes).expect("an imported router loads again");
+}

@@ -646,6 +646,13 @@ impl ShardSet {
         if m.seq_len == 0 {
             return bad("seq_len must be > 0".into());
         }
+        // A sequence's bytes must be countable (the files are checked against it).
+        if (m.seq_len as u64)
+            .checked_mul(m.dtype.size() as u64)
+            .is_none_or(|b| b > i64::MAX as u64)
+        {
+            return bad(format!("seq_len {} is too large", m.seq_len));
+        }
         if m.vocab_size == 0 || m.vocab_size as u64 > m.dtype.max_vocab() {
             return bad(format!(
                 "vocab_size {} does not fit dtype {}",
@@ -670,7 +677,7 @@ impl ShardSet {
                 if let Err(Error::Config(reason)) = check_split_domain(split, domain) {
                     return bad(reason);
                 }
-                if shards.tokens != shards.sequences * m.seq_len as u64 {
+                if shards.sequences.checked_mul(m.seq_len as u64) != Some(shards.tokens) {
                     return bad(format!(
                         "{split}/{domain}: tokens {} != sequences {} x seq_len {}",
                         shards.tokens, shards.sequences, m.seq_len

@@ -53,6 +53,12 @@ fn router_load_corpus() {
 }
 
 #[test]
+fn import_sklearn_corpus() {
+    let n = replay("import_sklearn", checks::import_sklearn);
+    assert!(n >= 7, "{n} files");
+}
+
+#[test]
 fn route_corpus() {
     replay("route", checks::route);
 }
