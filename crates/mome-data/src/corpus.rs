@@ -527,23 +527,27 @@ impl RecordReader {
                         return Some(self.parse_json_line(&path, line_no, &text));
                     }
                 },
-                Some(Current::Parquet { path, rows, row }) => match rows.next() {
-                    None => {
-                        self.current = None;
-                        continue;
+                Some(Current::Parquet { path, rows, row }) => {
+                    match crate::error::catch_library_panic(|| rows.next())
+                        .unwrap_or_else(|m| Some(Err(parquet::errors::ParquetError::General(m))))
+                    {
+                        None => {
+                            self.current = None;
+                            continue;
+                        }
+                        Some(Err(e)) => {
+                            return Some(Err(Error::Parquet {
+                                path: path.clone(),
+                                source: e,
+                            }))
+                        }
+                        Some(Ok(r)) => {
+                            *row += 1;
+                            let (path, row_no) = (path.clone(), *row);
+                            return Some(self.parquet_record(&path, row_no, &r));
+                        }
                     }
-                    Some(Err(e)) => {
-                        return Some(Err(Error::Parquet {
-                            path: path.clone(),
-                            source: e,
-                        }))
-                    }
-                    Some(Ok(r)) => {
-                        *row += 1;
-                        let (path, row_no) = (path.clone(), *row);
-                        return Some(self.parquet_record(&path, row_no, &r));
-                    }
-                },
+                }
                 None => {}
             }
             match self.units.pop_front()? {
@@ -552,15 +556,15 @@ impl RecordReader {
                     Err(e) => return Some(Err(e)),
                 },
                 Unit::Parquet(path) => {
-                    let reader = match SerializedFileReader::try_from(path.as_path()) {
+                    let rows = crate::error::catch_library_panic(|| {
+                        SerializedFileReader::try_from(path.as_path()).map(|r| r.into_iter())
+                    })
+                    .unwrap_or_else(|m| Err(parquet::errors::ParquetError::General(m)));
+                    let rows = match rows {
                         Ok(r) => r,
                         Err(e) => return Some(Err(Error::Parquet { path, source: e })),
                     };
-                    self.current = Some(Current::Parquet {
-                        path,
-                        rows: reader.into_iter(),
-                        row: 0,
-                    });
+                    self.current = Some(Current::Parquet { path, rows, row: 0 });
                 }
                 Unit::File(path, id) => {
                     let bytes = match fs::read(&path) {

@@ -251,3 +251,20 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     s
 }
+
+/// Runs `f`, a call into a parsing library (parquet, tokenizers) on bytes of an
+/// input file, and turns a panic of that library into `Err(message)`. Those crates
+/// panic on some corrupt inputs (found by fuzzing: parquet's footer decoder unwraps,
+/// tokenizers' decoder deserializer panics on some malformed JSON); the callers
+/// return the message as a typed error naming the file. The panic hook still runs
+/// (a line on stderr).
+pub(crate) fn catch_library_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        format!("the file is corrupt or unsupported (the parsing library panicked: {msg})")
+    })
+}

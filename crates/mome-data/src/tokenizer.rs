@@ -37,10 +37,13 @@ pub fn load_tokenizer(path: &Path) -> Result<(Tokenizer, String)> {
         source: e,
     })?;
     let sha = hex::encode(Sha256::digest(&bytes));
-    let tok = Tokenizer::from_bytes(&bytes).map_err(|e| Error::Tokenizer {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let tok = crate::error::catch_library_panic(|| Tokenizer::from_bytes(&bytes))
+        .map_err(Into::into)
+        .and_then(|r| r)
+        .map_err(|e| Error::Tokenizer {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
     Ok((tok, sha))
 }
 
