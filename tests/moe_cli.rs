@@ -433,3 +433,30 @@ optimizer = { lr = 3e-3 }
     let e = run_err(&mut cmd());
     assert!(e.contains("other settings"), "{e}");
 }
+
+/// Issue 20, case 8: `moe train` checks the experts against the shards (positions,
+/// vocabulary) before it creates anything: the error names both, no run folder.
+#[test]
+fn moe_train_refuses_short_positions_before_creating_anything() {
+    let p = prepared();
+    let cfg = moe_config(p, "too-short", 2, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("n_positions = 64", "n_positions = 32");
+    std::fs::write(&cfg, text).unwrap();
+    let o = mome()
+        .args(["moe", "train", "--quiet", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("64-token sequences") && err.contains("32 positions"),
+        "{err}"
+    );
+    assert!(
+        !p.join("too-short").exists(),
+        "a run folder was left: {err}"
+    );
+}
