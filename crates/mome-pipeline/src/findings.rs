@@ -43,10 +43,10 @@ use mome_experts::eval::EvalReport;
 use mome_moe::forgetting::ForgettingReport;
 use mome_moe::{Arch, EvalReport as MoeEvalReport, SettingEval, UsedExperts};
 use mome_router::compare::CompareSummary;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::config::PipelineConfig;
+use crate::report::{need, read_json};
 use crate::stages::Layout;
 use crate::{Error, Result};
 
@@ -118,15 +118,6 @@ impl Findings {
         }
         md
     }
-}
-
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Report(format!("{}: {e}", path.display())))
-}
-
-fn need<T>(v: Option<T>, what: impl FnOnce() -> String) -> Result<T> {
-    v.ok_or_else(|| Error::Report(format!("{} is missing", what())))
 }
 
 /// The seed spread of two settings' `all` losses.

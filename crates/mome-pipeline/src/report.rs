@@ -17,7 +17,7 @@ use crate::config::PipelineConfig;
 use crate::stages::{Layout, StagePlan};
 use crate::{Error, Result, STAGE_FILE};
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_slice(&bytes).map_err(|e| Error::Report(format!("{}: {e}", path.display())))
 }
@@ -73,7 +73,7 @@ fn shape(model_dir: &Path) -> Result<String> {
 }
 
 /// The report's value of `what`, or an error naming it.
-fn need<T>(v: Option<T>, what: impl FnOnce() -> String) -> Result<T> {
+pub(crate) fn need<T>(v: Option<T>, what: impl FnOnce() -> String) -> Result<T> {
     v.ok_or_else(|| Error::Report(format!("{} is missing", what())))
 }
 
