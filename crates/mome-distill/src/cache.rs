@@ -424,15 +424,26 @@ impl TeacherCache {
             )));
         }
         let manifest: CacheManifest = serde_json::from_value(loose)?;
-        let per_seq = manifest.seq_len * manifest.top_k;
+        let m = &manifest;
+        if m.seq_len == 0 || m.top_k == 0 || m.top_k > m.vocab_size {
+            return Err(bad(format!(
+                "seq_len {} and top_k {} must be > 0, top_k at most vocab_size {}",
+                m.seq_len, m.top_k, m.vocab_size
+            )));
+        }
+        let too_big = || bad("the manifest's sizes overflow".to_string());
+        let per_seq = m.seq_len.checked_mul(m.top_k).ok_or_else(too_big)?;
         let mut maps = BTreeMap::new();
         for (split, domains) in &manifest.splits {
             for (domain, d) in domains {
                 let ids = map_file(&dir.join(&d.ids_file))?;
                 let values = map_file(&dir.join(&d.values_file))?;
-                let n = d.sequences as usize;
-                let want_ids = n * per_seq * manifest.id_dtype.size();
-                let want_vals = n * per_seq * 2;
+                let n = usize::try_from(d.sequences).map_err(|_| too_big())?;
+                let want = |w: usize| n.checked_mul(per_seq)?.checked_mul(w);
+                let (Some(want_ids), Some(want_vals)) = (want(manifest.id_dtype.size()), want(2))
+                else {
+                    return Err(too_big());
+                };
                 if ids.len() != want_ids || values.len() != want_vals {
                     return Err(bad(format!(
                         "{split}/{domain}: files hold {} / {} bytes, the manifest needs {want_ids} / {want_vals}",
@@ -582,6 +593,19 @@ impl TeacherCache {
                     .chunks_exact(2)
                     .map(|c| conv(u16::from_le_bytes([c[0], c[1]]))),
             );
+            if let Some(bad) = ids[ids.len() - per_seq..]
+                .iter()
+                .find(|&&id| id as usize >= m.vocab_size)
+            {
+                return Err(Error::Cache {
+                    path: self.root.clone(),
+                    reason: format!(
+                        "{split}/{domain} row {index} holds token id {bad}, outside the \
+                         vocabulary of {}",
+                        m.vocab_size
+                    ),
+                });
+            }
         }
         let shape = [items.len() as i64, m.seq_len as i64, m.top_k as i64];
         Ok(SparseTeacher {

@@ -149,6 +149,7 @@ impl MoeModel {
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let cfg: MoeConfig = serde_json::from_str(&text)?;
         cfg.validate()?;
+        check_sizes(dir, &cfg)?;
         let vs = nn::VarStore::new(device);
         // Its random initialisation (then overwritten) must not interleave with
         // another thread's seeded one (mome_core::rng).
@@ -262,6 +263,51 @@ impl MoeModel {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Refuses a `moe_config.json` that describes more parameters than the folder's
+/// weight files hold, before the model is built (allocated) from it.
+fn check_sizes(dir: &Path, cfg: &MoeConfig) -> Result<()> {
+    let shared = cfg.arch.shared_embeddings();
+    let mut files = Vec::new();
+    if shared {
+        files.push(dir.join(SHARED_FILE));
+    }
+    let mut names: Vec<&str> = cfg.domains.iter().map(String::as_str).collect();
+    if cfg.common_expert {
+        names.push(COMMON);
+    }
+    for name in &names {
+        files.push(
+            dir.join(expert_subdir(name))
+                .join(mome_experts::gpt2::WEIGHTS_FILE),
+        );
+    }
+    let mut held = 0u64;
+    for f in &files {
+        held = held.saturating_add(mome_core::tensor_io::safetensors_param_count(f)?);
+    }
+    let e = &cfg.expert;
+    let n = names.len() as u64;
+    let needed = if shared {
+        e.stack_parameters()
+            .and_then(|s| s.checked_mul(n))
+            .and_then(|s| s.checked_add(e.embedding_parameters()?))
+    } else {
+        e.num_parameters().and_then(|p| p.checked_mul(n))
+    };
+    if needed.is_none_or(|p| p > held) {
+        return Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            missing: vec![],
+            unexpected: vec![],
+            mismatched: vec![format!(
+                "{CONFIG_FILE} describes a model of {} parameters, its weight files hold {held}",
+                needed.map_or_else(|| "more than 2^64".into(), |p| p.to_string())
+            )],
+        });
+    }
+    Ok(())
 }
 
 /// The fields that make two expert configs the same shape.

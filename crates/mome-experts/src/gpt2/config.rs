@@ -151,9 +151,48 @@ impl Gpt2Config {
         Self::preset(vocab_size, 3, 768, 6)
     }
 
-    /// MLP inner size (`n_inner`, or `4 * n_embd`).
+    /// MLP inner size (`n_inner`, or `4 * n_embd`; saturating, so that an absurd
+    /// `n_embd` read from a file is refused by [`Self::num_parameters`] rather than
+    /// overflowing).
     pub fn inner_dim(&self) -> i64 {
-        self.n_inner.unwrap_or(4 * self.n_embd)
+        self.n_inner.unwrap_or(self.n_embd.saturating_mul(4))
+    }
+
+    /// Parameters of the token and position embeddings and, untied, the LM head
+    /// (`None` when a size is not positive or the count overflows `u64`).
+    pub fn embedding_parameters(&self) -> Option<u64> {
+        let [v, p, e] = [self.vocab_size, self.n_positions, self.n_embd].map(u64::try_from);
+        let (v, p, e) = (v.ok()?, p.ok()?, e.ok()?);
+        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        v.checked_mul(e)?
+            .checked_mul(heads)?
+            .checked_add(p.checked_mul(e)?)
+    }
+
+    /// Parameters of the blocks and the final layer norm (`None` when a size is not
+    /// positive or the count overflows `u64`).
+    pub fn stack_parameters(&self) -> Option<u64> {
+        let [l, e, i] = [self.n_layer, self.n_embd, self.inner_dim()].map(u64::try_from);
+        let (l, e, i) = (l.ok()?, e.ok()?, i.ok()?);
+        // ln_1, ln_2: 2e each; c_attn: e*3e + 3e; attn c_proj: e*e + e; c_fc: e*i + i;
+        // mlp c_proj: i*e + e.
+        let e2 = e.checked_mul(e)?;
+        let ei = e.checked_mul(i)?;
+        let block = e2
+            .checked_mul(4)?
+            .checked_add(ei.checked_mul(2)?)?
+            .checked_add(e.checked_mul(9)?)?
+            .checked_add(i)?;
+        l.checked_mul(block)?.checked_add(e.checked_mul(2)?)
+    }
+
+    /// Parameters of a [`crate::Gpt2LmHeadModel`] of this config (`None` when a size
+    /// is not positive or the count overflows `u64`). The loaders compare it with the
+    /// elements their weight files hold before building a model, so that a
+    /// `config.json` cannot make them allocate more than the files hold.
+    pub fn num_parameters(&self) -> Option<u64> {
+        self.embedding_parameters()?
+            .checked_add(self.stack_parameters()?)
     }
 
     /// Size of one attention head.

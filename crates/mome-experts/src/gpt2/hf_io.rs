@@ -45,6 +45,22 @@ impl Gpt2LmHeadModel {
     pub fn from_pretrained(dir: impl AsRef<Path>, device: Device) -> Result<(nn::VarStore, Self)> {
         let dir = dir.as_ref();
         let cfg = Gpt2Config::from_file_checked(dir.join(CONFIG_FILE))?;
+        let path = dir.join(WEIGHTS_FILE);
+        // The model is built (allocated) from the config before the weights are read:
+        // a config larger than the weights file is refused first.
+        let held = mome_core::tensor_io::safetensors_param_count(&path)?;
+        if cfg.num_parameters().is_none_or(|n| n > held) {
+            return Err(Error::Checkpoint {
+                path,
+                missing: vec![],
+                unexpected: vec![],
+                mismatched: vec![format!(
+                    "{CONFIG_FILE} describes a model of {} parameters, the file holds {held}",
+                    cfg.num_parameters()
+                        .map_or_else(|| "more than 2^64".into(), |n| n.to_string())
+                )],
+            });
+        }
         let vs = nn::VarStore::new(device);
         // The construction draws a random initialisation (then overwritten): never
         // in the middle of another thread's seeded one (mome_core::rng).
@@ -52,7 +68,6 @@ impl Gpt2LmHeadModel {
             let _g = mome_core::rng::lock_default_generator();
             Self::new(&vs.root(), &cfg)?
         };
-        let path = dir.join(WEIGHTS_FILE);
         let tensors = mome_core::tensor_io::read_safetensors(&path, Device::Cpu)?;
         model.load_hf_tensors(&vs, tensors, &path)?;
         Ok((vs, model))
