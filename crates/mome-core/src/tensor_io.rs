@@ -198,6 +198,15 @@ pub fn read_safetensors(path: &Path, device: Device) -> Result<Vec<(String, Tens
     Ok(out)
 }
 
+/// Whether a config that describes `needed` parameters (`None`: more than `u64`
+/// holds) is plainly larger than weight files holding `held` elements: more than
+/// twice as many, plus 2^20. Loaders refuse such a config before they build (allocate)
+/// the model; closer mismatches go on to the key-by-key comparison of the load, whose
+/// error names every missing, unexpected and mismatched tensor.
+pub fn config_exceeds_weights(needed: Option<u64>, held: u64) -> bool {
+    needed.is_none_or(|n| n > held.saturating_mul(2).saturating_add(1 << 20))
+}
+
 /// The number of parameters (elements of every tensor) of a safetensors file, from
 /// its header as the `safetensors` crate validates it; the tensor data is mapped,
 /// not read.
@@ -314,6 +323,16 @@ pub fn load_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_is_refused_up_front_only_when_plainly_larger_than_its_weights() {
+        assert!(!config_exceeds_weights(Some(1000), 1000));
+        assert!(!config_exceeds_weights(Some(1128), 1000)); // a few keys off: the load names them
+        assert!(!config_exceeds_weights(Some(2000 + (1 << 20)), 1000));
+        assert!(config_exceeds_weights(Some(2001 + (1 << 20)), 1000));
+        assert!(config_exceeds_weights(Some(1 << 40), 1 << 20));
+        assert!(config_exceeds_weights(None, u64::MAX));
+    }
 
     #[test]
     fn round_trip_all_dtypes() {

@@ -8,76 +8,32 @@
 #[allow(dead_code)]
 #[path = "../../../fuzz-torch/checks/experts.rs"]
 mod checks;
+#[allow(dead_code)]
+#[path = "../../../fuzz/replay.rs"]
+mod replay;
 
-use std::path::{Path, PathBuf};
-
-const TARGET: &str = "gpt2_pretrained";
-
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz-torch")
-}
-
-/// The files of the seed and regression folders, sorted.
-fn corpus() -> Vec<(String, Vec<u8>)> {
-    let mut files = Vec::new();
-    for kind in ["seeds", "regressions"] {
-        let dir = fuzz_dir().join(kind).join(TARGET);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            assert_ne!(kind, "seeds", "{} is missing", dir.display());
-            continue;
-        };
-        files.extend(entries.map(|e| e.unwrap().path()).filter(|p| p.is_file()));
-    }
-    files.sort();
-    files
-        .into_iter()
-        .map(|f| (f.display().to_string(), std::fs::read(&f).unwrap()))
-        .collect()
-}
-
-fn seeds() -> Vec<(String, Vec<u8>)> {
-    checks::seeds()
-}
+use std::path::Path;
 
 #[test]
 fn gpt2_pretrained_keeps_its_invariants_on_its_corpus() {
-    let mut inputs = corpus();
+    let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz-torch");
+    let mut inputs = replay::corpus(&fuzz_dir, "gpt2_pretrained");
     assert!(inputs.len() >= 4, "{} corpus files", inputs.len());
-    inputs.extend(seeds());
-    let mut failed = Vec::new();
-    let mut loaded = Vec::new();
-    for (name, data) in inputs {
-        match std::panic::catch_unwind(|| checks::gpt2_pretrained(&data)) {
-            Err(_) => failed.push(name),
-            Ok(ok) => {
-                if ok {
-                    loaded.push(name);
-                }
-            }
-        }
-    }
+    inputs.extend(checks::seeds());
+    let outcome = replay::replay(inputs, checks::gpt2_pretrained);
     let _ = std::fs::remove_dir_all(checks::scratch());
-    assert!(failed.is_empty(), "invariants broken by {failed:#?}");
     // The valid seeds load; those with sizes beyond the files are refused.
-    for name in loaded.iter() {
-        let base = name.rsplit('/').next().unwrap();
-        assert!(
-            ![
-                "vocab_huge",
-                "n_embd_overflow",
-                "n_positions_huge",
-                "n_layer_huge",
-                "n_inner_max",
-                "n_head_zero",
-                "weights_truncated",
-                "untied"
-            ]
-            .contains(&base),
-            "{base} loaded"
-        );
-    }
-    assert!(
-        loaded.iter().any(|n| n.ends_with("valid_both")),
-        "the valid seed did not load: {loaded:?}"
+    outcome.assert_outcome(
+        &[
+            "vocab_huge",
+            "n_embd_overflow",
+            "n_positions_huge",
+            "n_layer_huge",
+            "n_inner_max",
+            "n_head_zero",
+            "weights_truncated",
+            "untied",
+        ],
+        "valid_both",
     );
 }

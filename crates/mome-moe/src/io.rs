@@ -265,8 +265,9 @@ impl MoeModel {
     }
 }
 
-/// Refuses a `moe_config.json` that describes more parameters than the folder's
-/// weight files hold, before the model is built (allocated) from it.
+/// Refuses a `moe_config.json` that describes plainly more parameters than the
+/// folder's weight files hold ([`mome_core::tensor_io::config_exceeds_weights`]),
+/// before the model is built (allocated) from it.
 fn check_sizes(dir: &Path, cfg: &MoeConfig) -> Result<()> {
     let shared = cfg.arch.shared_embeddings();
     let mut files = Vec::new();
@@ -296,7 +297,7 @@ fn check_sizes(dir: &Path, cfg: &MoeConfig) -> Result<()> {
     } else {
         e.num_parameters().and_then(|p| p.checked_mul(n))
     };
-    if needed.is_none_or(|p| p > held) {
+    if mome_core::tensor_io::config_exceeds_weights(needed, held) {
         return Err(Error::Checkpoint {
             path: dir.to_path_buf(),
             missing: vec![],

@@ -9,44 +9,26 @@
 #[allow(dead_code)]
 #[path = "../../../fuzz-torch/checks/configs.rs"]
 mod checks;
+#[allow(dead_code)]
+#[path = "../../../fuzz/replay.rs"]
+mod replay;
 
-use std::path::{Path, PathBuf};
-
-const TARGET: &str = "toml_configs";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The files of the seed and regression folders, sorted.
-fn corpus() -> Vec<(String, Vec<u8>)> {
-    let mut files = Vec::new();
-    for kind in ["seeds", "regressions"] {
-        let dir = repo().join("fuzz-torch").join(kind).join(TARGET);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            assert_ne!(kind, "seeds", "{} is missing", dir.display());
-            continue;
-        };
-        files.extend(entries.map(|e| e.unwrap().path()).filter(|p| p.is_file()));
-    }
-    files.sort();
-    files
-        .into_iter()
-        .map(|f| (f.display().to_string(), std::fs::read(&f).unwrap()))
-        .collect()
-}
+use std::path::Path;
 
 #[test]
 fn toml_configs_keeps_its_invariants_on_its_corpus() {
-    let mut inputs = corpus();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut inputs = replay::corpus(&repo.join("fuzz-torch"), "toml_configs");
     assert!(inputs.len() >= 20, "{} corpus files", inputs.len());
-    inputs.extend(checks::seeds(&repo()));
-    let mut failed = Vec::new();
-    for (name, data) in inputs {
-        if std::panic::catch_unwind(|| checks::toml_configs(&data)).is_err() {
-            failed.push(name);
-        }
-    }
+    inputs.extend(checks::seeds(&repo));
+    let outcome = replay::replay(inputs, |d| {
+        checks::toml_configs(d);
+        false
+    });
     let _ = std::fs::remove_dir_all(checks::scratch());
-    assert!(failed.is_empty(), "invariants broken by {failed:#?}");
+    assert!(
+        outcome.failed.is_empty(),
+        "invariants broken by {:#?}",
+        outcome.failed
+    );
 }

@@ -7,43 +7,30 @@
 #[path = "../../../fuzz/checks.rs"]
 mod checks;
 
+#[allow(dead_code)]
+#[path = "../../../fuzz/replay.rs"]
+mod replay;
+
 use std::path::{Path, PathBuf};
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
 }
 
-/// The files of the seed and regression folders of `target`, sorted.
-fn corpus(target: &str) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for kind in ["seeds", "regressions"] {
-        let dir = fuzz_dir().join(kind).join(target);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            assert_ne!(kind, "seeds", "{} is missing", dir.display());
-            continue;
-        };
-        files.extend(entries.map(|e| e.unwrap().path()).filter(|p| p.is_file()));
-    }
-    files.sort();
-    files
-}
-
 /// Runs every corpus file of `target` through `check`; names the files that fail.
 fn replay(target: &str, check: fn(&[u8])) -> usize {
-    let files = corpus(target);
-    assert!(!files.is_empty(), "no corpus for {target}");
-    let mut failed = Vec::new();
-    for f in &files {
-        let data = std::fs::read(f).unwrap();
-        if std::panic::catch_unwind(|| check(&data)).is_err() {
-            failed.push(f.display().to_string());
-        }
-    }
+    let inputs = replay::corpus(&fuzz_dir(), target);
+    let n = inputs.len();
+    let failed = replay::replay(inputs, |d| {
+        check(d);
+        false
+    })
+    .failed;
     assert!(
         failed.is_empty(),
         "{target}: invariants broken by {failed:#?}"
     );
-    files.len()
+    n
 }
 
 #[test]

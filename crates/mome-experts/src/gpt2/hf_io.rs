@@ -47,9 +47,9 @@ impl Gpt2LmHeadModel {
         let cfg = Gpt2Config::from_file_checked(dir.join(CONFIG_FILE))?;
         let path = dir.join(WEIGHTS_FILE);
         // The model is built (allocated) from the config before the weights are read:
-        // a config larger than the weights file is refused first.
+        // a config plainly larger than the weights file is refused first.
         let held = mome_core::tensor_io::safetensors_param_count(&path)?;
-        if cfg.num_parameters().is_none_or(|n| n > held) {
+        if mome_core::tensor_io::config_exceeds_weights(cfg.num_parameters(), held) {
             return Err(Error::Checkpoint {
                 path,
                 missing: vec![],
