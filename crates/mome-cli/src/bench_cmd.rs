@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use mome_core::fusion::LinearCeMode;
 use mome_core::optim::AdamWImpl;
 use mome_core::trainer::BenchOptions;
 use mome_core::DeviceSpec;
@@ -64,6 +65,13 @@ pub struct BenchTrainArgs {
     /// Override `[train] adamw`: auto, fused, flat or per-param.
     #[arg(long)]
     adamw: Option<AdamWImpl>,
+    /// Override `[train.kernels] linear_ce`: auto, reference, chunked or fused.
+    #[arg(long)]
+    linear_ce: Option<LinearCeMode>,
+    /// Override `[train.kernels] ce_chunk` (positions per chunk; 0: about 256 MiB of
+    /// logits).
+    #[arg(long)]
+    ce_chunk: Option<usize>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -87,6 +95,8 @@ pub fn run_bench_cmd(cmd: BenchCommand) -> Result<()> {
         kd_chunk: a.kd_chunk,
         device: a.device,
         adamw: a.adamw,
+        linear_ce: a.linear_ce,
+        ce_chunk: a.ce_chunk,
         peak_flops: a.peak_flops,
     };
     let r = run_bench(&params, &run).with_context(|| format!("bench {}", a.config.display()))?;

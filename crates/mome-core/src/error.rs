@@ -114,6 +114,10 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A custom CUDA kernel could not be compiled, loaded or launched, or was given
+    /// tensors it does not take ([`crate::kernels`]).
+    #[error("CUDA kernel: {0}")]
+    Kernel(String),
     /// A multi-process (data-parallel) failure: rendezvous, NCCL, a lost rank.
     #[error("distributed: {0}")]
     Distributed(String),

@@ -342,6 +342,10 @@ pub struct TrainConfig {
     /// The same update to float rounding.
     #[serde(default)]
     pub adamw: AdamWImpl,
+    /// `[train.kernels]`: which fused kernels the model's loss uses
+    /// ([`crate::fusion::KernelConfig`]; every key optional).
+    #[serde(default)]
+    pub kernels: crate::fusion::KernelConfig,
 }
 
 fn default_true() -> bool {
@@ -394,6 +398,7 @@ impl TrainConfig {
             grad_overlap: true,
             shard_update: false,
             adamw: AdamWImpl::Auto,
+            kernels: Default::default(),
         }
     }
 
@@ -421,6 +426,7 @@ impl TrainConfig {
             }
         }
         self.optimizer.validate()?;
+        self.kernels.validate()?;
         if let Some(c) = self.clip_grad_norm {
             if !c.is_finite() || c <= 0.0 {
                 return Err(Error::Config(format!(

@@ -41,8 +41,8 @@ pub mod train;
 pub use error::{Error, Result};
 pub use generate::{generate, GenerationConfig, KvCache};
 pub use gpt2::{
-    causal_lm_loss, causal_lm_loss_sum, Activation, Gpt2Block, Gpt2Config, Gpt2Input,
-    Gpt2LmHeadModel, Gpt2Model, Gpt2ModelOutput, Gpt2Output, Gpt2Stack, ModelSpec, ParamCount,
-    Preset, StackOutput,
+    causal_lm_head_loss, causal_lm_loss, causal_lm_loss_sum, next_token_targets, Activation,
+    Gpt2Block, Gpt2Config, Gpt2Input, Gpt2LmHeadModel, Gpt2Model, Gpt2ModelOutput, Gpt2Output,
+    Gpt2Stack, ModelSpec, ParamCount, Preset, StackOutput,
 };
 pub use train::{bench_lm, train_lm, LmJob, LmObjective, LmParams, LmSummary};

@@ -22,6 +22,7 @@
 
 use std::path::PathBuf;
 
+use mome_core::fusion::{KernelConfig, LinearCe};
 use mome_core::job::{data_parallel_rank, DataParams, EvalParams};
 use mome_core::trainer::{Batch, BenchOptions, BenchTiming, Objective, StepInfo};
 use mome_core::{DeviceSpec, ParamGuard, Profiler, TrainConfig, TrainSummary, Trainer};
@@ -30,7 +31,9 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
 use crate::eval::validation_metrics;
-use crate::{causal_lm_loss, Error, Gpt2Config, Gpt2Input, Gpt2LmHeadModel, ModelSpec, Result};
+use crate::{
+    causal_lm_head_loss, Error, Gpt2Config, Gpt2Input, Gpt2LmHeadModel, ModelSpec, Result,
+};
 
 /// The `mome train` config file (unchecked; see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,18 +157,34 @@ pub fn seeded_model(
 }
 
 /// Next-token cross-entropy of a GPT-2: the objective of `mome train` (and of
-/// `mome bench train --mode lm`). The logits stay in the compute kind (the loss
-/// upcasts inside its log-softmax) and the ids are trusted (the shards' reader
-/// checked them on the host).
+/// `mome bench train --mode lm`). The LM head and its loss run by the path of
+/// `[train.kernels] linear_ce` ([`causal_lm_head_loss`]; the reference path upcasts
+/// inside its log-softmax), and the ids are trusted (the shards' reader checked them
+/// on the host).
 #[derive(Debug)]
 pub struct LmObjective<'a> {
     model: &'a Gpt2LmHeadModel,
+    how: LinearCe,
+    kernels: KernelConfig,
 }
 
 impl<'a> LmObjective<'a> {
-    /// The objective of `model`.
-    pub fn new(model: &'a Gpt2LmHeadModel) -> Self {
-        Self { model }
+    /// The objective of `model` with the run's `kernels` (resolved for the model's
+    /// device and compute kind: an unusable `fused` is an error here, before training).
+    pub fn new(model: &'a Gpt2LmHeadModel, kernels: &KernelConfig) -> Result<Self> {
+        let how = kernels
+            .linear_ce
+            .resolve(model.device(), model.compute_kind())?;
+        Ok(Self {
+            model,
+            how,
+            kernels: *kernels,
+        })
+    }
+
+    /// The loss path in use.
+    pub fn linear_ce(&self) -> LinearCe {
+        self.how
     }
 }
 
@@ -174,9 +193,16 @@ impl Objective for LmObjective<'_> {
     fn loss(&mut self, batch: &Batch, _at: StepInfo, prof: &mut Profiler) -> Result<Tensor> {
         let out = self
             .model
-            .forward_compute_logits(Gpt2Input::ids(&batch.ids).train(true).trusted_ids(true))?;
+            .transformer()
+            .forward(Gpt2Input::ids(&batch.ids).train(true).trusted_ids(true))?;
         prof.mark("forward");
-        let loss = causal_lm_loss(&out.logits, &batch.ids, None)?;
+        let loss = causal_lm_head_loss(
+            self.model,
+            &out.last_hidden_state,
+            &batch.ids,
+            self.how,
+            &self.kernels,
+        )?;
         prof.mark("loss");
         Ok(loss)
     }
@@ -225,7 +251,7 @@ pub fn train_lm(job: &LmJob) -> Result<LmSummary> {
     };
     let summary = trainer.run(
         source.as_mut(),
-        &mut LmObjective::new(&model),
+        &mut LmObjective::new(&model, &p.train.kernels)?,
         if has_validation {
             Some(&mut eval_fn)
         } else {
@@ -276,7 +302,11 @@ pub fn bench_lm(job: &LmJob, seq_len: usize, opts: &BenchOptions) -> Result<LmBe
         None,
     );
     let mut trainer = Trainer::detached(p.train.clone(), &vs)?;
-    let timing = trainer.bench(source.as_mut(), &mut LmObjective::new(&model), opts)?;
+    let timing = trainer.bench(
+        source.as_mut(),
+        &mut LmObjective::new(&model, &p.train.kernels)?,
+        opts,
+    )?;
     Ok(LmBench {
         timing,
         parameters: model.param_count().total,

@@ -599,7 +599,7 @@ fn run_gpt2(
     let mut eval_fn = |_step: u64| -> Result<serde_json::Value> { eval_model(model_ref) };
     let summary = trainer.run(
         source.as_mut(),
-        &mut MapErr::<_, Error>::new(LmObjective::new(&model)),
+        &mut MapErr::<_, Error>::new(LmObjective::new(&model, &cfg.kernels)?),
         Some(&mut eval_fn),
         &[("config.json", job.student.to_hf_json()?.into_bytes())],
     )?;
@@ -675,6 +675,7 @@ fn run_moe(
     )?;
     let model_ref = &model;
     let mut eval_fn = |_step: u64| -> Result<serde_json::Value> { eval_model(model_ref) };
+    let mut ce = CrossEntropy::new(&cfg.kernels);
     let summary = train_moe(
         &model,
         &vs,
@@ -686,7 +687,7 @@ fn run_moe(
             group: None,
             prefetch: true,
         },
-        &mut CrossEntropy,
+        &mut ce,
         Some(&mut eval_fn),
     )?;
     model.save(&run_dir.join("model"))?;

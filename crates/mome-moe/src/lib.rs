@@ -42,7 +42,7 @@ pub use eval::{
 pub use generate::{generate, generate_routed, route_prompts, MoeGeneration};
 pub use io::{build_ple, load_router, ROUTER_FILE};
 pub use kd::DistillLoss;
-pub use model::{Embeddings, MoeModel, MoeOutput};
+pub use model::{Embeddings, MoeHeads, MoeModel, MoeOutput};
 pub use routing::{
     check_router_classes, ExpertChoice, LabelRouter, ResolvedSetting, Routing, SequenceRouter,
 };

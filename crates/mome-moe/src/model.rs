@@ -107,6 +107,112 @@ pub struct MoeOutput {
     pub active: Vec<Vec<ExpertId>>,
 }
 
+/// One set of embeddings' share of a forward pass: the mean over each sequence's
+/// active experts of their last hidden states, and the set's LM head.
+#[derive(Debug)]
+struct HeadPart {
+    /// `[B, T, n_embd]` fp32 (zero in rows the set does not serve).
+    hidden: Tensor,
+    /// The head `[vocab, n_embd]` (the parameter).
+    head: Tensor,
+    /// The rows the set serves, sorted.
+    rows: Vec<i64>,
+}
+
+/// A MoE forward pass up to the LM heads ([`MoeModel::forward_heads`]): the logits are
+/// the sum over sets of embeddings of `hidden_s · head_sᵀ` ([`MoeHeads::logits`]).
+/// When every set serves every row (one shared set, as in JEET, or a batch of one
+/// domain), that sum is one linear map of the concatenated hidden states
+/// ([`MoeHeads::as_linear`]), which the chunked and fused cross-entropy take without
+/// the logits.
+#[derive(Debug)]
+pub struct MoeHeads {
+    parts: Vec<HeadPart>,
+    batch: i64,
+    seq_len: i64,
+    vocab: i64,
+    compute_kind: Kind,
+    device: Device,
+    active: Vec<Vec<ExpertId>>,
+}
+
+impl MoeHeads {
+    /// The forward's output: the logits ([`MoeHeads::logits`]) and the active experts.
+    pub fn into_output(self) -> Result<MoeOutput> {
+        Ok(MoeOutput {
+            logits: self.logits()?,
+            active: self.active,
+        })
+    }
+
+    /// The logits `[B, T, vocab]`, fp32: each set's head in the compute kind on its
+    /// averaged hidden states, summed in fp32.
+    pub fn logits(&self) -> Result<Tensor> {
+        let (b, t, k) = (self.batch, self.seq_len, self.compute_kind);
+        let mut logits: Option<Tensor> = None;
+        for p in &self.parts {
+            let head = p.head.to_kind(k);
+            let part = if p.rows.len() as i64 == b {
+                p.hidden
+                    .to_kind(k)
+                    .f_linear::<Tensor>(&head, None)?
+                    .to_kind(Kind::Float)
+            } else {
+                let idx = Tensor::from_slice(&p.rows).to_device(self.device);
+                let l = p
+                    .hidden
+                    .index_select(0, &idx)
+                    .to_kind(k)
+                    .f_linear::<Tensor>(&head, None)?
+                    .to_kind(Kind::Float);
+                Tensor::zeros([b, t, self.vocab], (Kind::Float, self.device)).index_add(0, &idx, &l)
+            };
+            logits = Some(match logits {
+                None => part,
+                Some(acc) => acc + part,
+            });
+        }
+        Ok(logits.unwrap_or_else(|| Tensor::zeros([b, t, self.vocab], (Kind::Float, self.device))))
+    }
+
+    /// When every set serves every row: `(hidden [B·T, S·n_embd], weight [vocab,
+    /// S·n_embd])` with `logits = hidden · weightᵀ` (the sets' hidden states and heads
+    /// concatenated; differentiable). `None` otherwise.
+    pub fn as_linear(&self) -> Option<(Tensor, Tensor)> {
+        if self.parts.is_empty() || self.parts.iter().any(|p| p.rows.len() as i64 != self.batch) {
+            return None;
+        }
+        let hidden: Vec<Tensor> = self
+            .parts
+            .iter()
+            .map(|p| p.hidden.shallow_clone())
+            .collect();
+        let heads: Vec<Tensor> = self.parts.iter().map(|p| p.head.shallow_clone()).collect();
+        let h = if hidden.len() == 1 {
+            hidden[0].shallow_clone()
+        } else {
+            Tensor::cat(&hidden, -1)
+        };
+        let w = if heads.len() == 1 {
+            heads[0].shallow_clone()
+        } else {
+            Tensor::cat(&heads, 1)
+        };
+        let d = h.size()[2];
+        Some((h.reshape([-1, d]), w))
+    }
+
+    /// The kind of the heads' matmuls.
+    pub fn compute_kind(&self) -> Kind {
+        self.compute_kind
+    }
+
+    /// The device of the hidden states.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+}
+
 /// The mixture of modular experts (method §6).
 ///
 /// Variable names (JEET / MoE-CE): `shared.wte.weight`, `shared.wpe.weight`,
@@ -449,6 +555,29 @@ impl MoeModel {
         setting: &ResolvedSetting,
         train: bool,
     ) -> Result<MoeOutput> {
+        self.forward_heads_resolved(ids, choices, setting, train)?
+            .into_output()
+    }
+
+    /// Forward pass with explicit active experts per sequence (each non-empty).
+    pub fn forward_active(
+        &self,
+        ids: &Tensor,
+        active: &[Vec<ExpertId>],
+        train: bool,
+    ) -> Result<MoeOutput> {
+        self.forward_heads(ids, active, train)?.into_output()
+    }
+
+    /// [`MoeModel::forward_resolved`] up to the LM heads: the averaged hidden states
+    /// of each set of embeddings and its head ([`MoeHeads`]), no logits yet.
+    pub fn forward_heads_resolved(
+        &self,
+        ids: &Tensor,
+        choices: &[ExpertChoice],
+        setting: &ResolvedSetting,
+        train: bool,
+    ) -> Result<MoeHeads> {
         let n = self.experts.len();
         for (i, c) in choices.iter().enumerate() {
             if c.expert >= n || c.probabilities.len() != n {
@@ -460,16 +589,16 @@ impl MoeModel {
             }
         }
         let active: Vec<Vec<ExpertId>> = choices.iter().map(|c| setting.active(c)).collect();
-        self.forward_active(ids, &active, train)
+        self.forward_heads(ids, &active, train)
     }
 
-    /// Forward pass with explicit active experts per sequence (each non-empty).
-    pub fn forward_active(
+    /// [`MoeModel::forward_active`] up to the LM heads.
+    pub fn forward_heads(
         &self,
         ids: &Tensor,
         active: &[Vec<ExpertId>],
         train: bool,
-    ) -> Result<MoeOutput> {
+    ) -> Result<MoeHeads> {
         let size = ids.size();
         if size.len() != 2 {
             return Err(Error::Input(format!(
@@ -579,36 +708,25 @@ impl MoeModel {
             entry.0 = entry.0.index_add(0, &idx, &h_out);
             entry.1.extend(rows);
         }
-        let k = self.compute_kind;
-        let mut logits: Option<Tensor> = None;
-        for (emb, (sum, mut rows)) in sums {
-            let head = self.embeddings[emb].head().to_kind(k);
-            let mean = sum * &inv;
-            rows.sort_unstable();
-            rows.dedup();
-            let part = if rows.len() as i64 == b {
-                mean.to_kind(k)
-                    .f_linear::<Tensor>(&head, None)?
-                    .to_kind(Kind::Float)
-            } else {
-                let idx = Tensor::from_slice(&rows).to_device(self.device);
-                let l = mean
-                    .index_select(0, &idx)
-                    .to_kind(k)
-                    .f_linear::<Tensor>(&head, None)?
-                    .to_kind(Kind::Float);
-                Tensor::zeros([b, t, e.vocab_size], (Kind::Float, self.device))
-                    .index_add(0, &idx, &l)
-            };
-            logits = Some(match logits {
-                None => part,
-                Some(acc) => acc + part,
-            });
-        }
-        let logits = logits
-            .unwrap_or_else(|| Tensor::zeros([b, t, e.vocab_size], (Kind::Float, self.device)));
-        Ok(MoeOutput {
-            logits,
+        let parts = sums
+            .into_iter()
+            .map(|(emb, (sum, mut rows))| {
+                rows.sort_unstable();
+                rows.dedup();
+                HeadPart {
+                    hidden: sum * &inv,
+                    head: self.embeddings[emb].head().shallow_clone(),
+                    rows,
+                }
+            })
+            .collect();
+        Ok(MoeHeads {
+            parts,
+            batch: b,
+            seq_len: t,
+            vocab: e.vocab_size,
+            compute_kind: self.compute_kind,
+            device: self.device,
             active: active.to_vec(),
         })
     }

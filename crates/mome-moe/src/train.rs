@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 
 use mome_core::data::{PrefetchHook, RandomBatches, ShardBatches};
 use mome_core::dist::GroupHandle;
+use mome_core::fusion::{KernelConfig, LinearCe};
 use mome_core::job::{data_parallel_rank, prefetched, EvalParams};
+use mome_core::linear_ce::{linear_cross_entropy, LinearCrossEntropy};
 use mome_core::trainer::{
     Batch, BatchSource, BenchOptions, BenchTiming, EvalFn, Objective, RunContext, StepInfo,
     TrainConfig, TrainSummary, Trainer,
@@ -44,7 +46,7 @@ use crate::config::{Arch, ExpertId, MoeConfig, Setting};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate_settings, EvalOptions};
 use crate::kd::DistillLoss;
-use crate::model::MoeModel;
+use crate::model::{MoeHeads, MoeModel};
 use crate::routing::{ExpertChoice, ResolvedSetting};
 
 /// The training loss of one batch of a known domain.
@@ -59,6 +61,19 @@ pub trait MoeLoss {
         at: StepInfo,
         prof: &mut Profiler,
     ) -> Result<Tensor>;
+    /// The loss straight from the forward's LM heads, without the logits, when this
+    /// loss can compute it (`None`: the objective makes the logits and calls
+    /// [`MoeLoss::loss`]). The default returns `None`.
+    fn head_loss(
+        &mut self,
+        _heads: &MoeHeads,
+        _batch: &Batch,
+        _domain: usize,
+        _at: StepInfo,
+        _prof: &mut Profiler,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
     /// Called once after the trainer is set up (and a checkpoint restored), before
     /// the first batch. The default does nothing.
     fn begin(&mut self, _ctx: &RunContext<'_>) -> Result<()> {
@@ -79,9 +94,21 @@ pub trait MoeLoss {
     }
 }
 
-/// Shifted next-token cross-entropy on the data.
+/// Shifted next-token cross-entropy on the data. Its LM head and loss run by the
+/// path of `[train.kernels] linear_ce` ([`mome_core::linear_ce`]) whenever the batch's
+/// heads are one linear map ([`MoeHeads::as_linear`]: always for single-domain
+/// batches), and through the logits otherwise.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CrossEntropy;
+pub struct CrossEntropy {
+    kernels: KernelConfig,
+}
+
+impl CrossEntropy {
+    /// The loss with the run's `kernels`.
+    pub fn new(kernels: &KernelConfig) -> Self {
+        Self { kernels: *kernels }
+    }
+}
 
 impl MoeLoss for CrossEntropy {
     fn loss(
@@ -95,6 +122,39 @@ impl MoeLoss for CrossEntropy {
         let l = mome_experts::causal_lm_loss(logits, &batch.ids, None)?;
         prof.mark("loss");
         Ok(l)
+    }
+
+    fn head_loss(
+        &mut self,
+        heads: &MoeHeads,
+        batch: &Batch,
+        _domain: usize,
+        _at: StepInfo,
+        prof: &mut Profiler,
+    ) -> Result<Option<Tensor>> {
+        let how = self
+            .kernels
+            .linear_ce
+            .resolve(heads.device(), heads.compute_kind())?;
+        if how == LinearCe::Reference {
+            return Ok(None);
+        }
+        let Some((hidden, weight)) = heads.as_linear() else {
+            return Ok(None);
+        };
+        let targets = mome_experts::next_token_targets(&batch.ids, None)?;
+        let l = linear_cross_entropy(
+            &LinearCrossEntropy {
+                hidden: &hidden,
+                weight: &weight,
+                targets: &targets,
+                compute: heads.compute_kind(),
+            },
+            how,
+            &self.kernels,
+        )?;
+        prof.mark("loss");
+        Ok(Some(l))
     }
 }
 
@@ -177,11 +237,15 @@ impl Objective for MoeObjective<'_> {
         }
         let b = batch.ids.size()[0] as usize;
         let choices = vec![ExpertChoice::label(d, self.model.domains().len()); b];
-        let out = self
+        let heads = self
             .model
-            .forward_resolved(&batch.ids, &choices, &self.setting, true)?;
+            .forward_heads_resolved(&batch.ids, &choices, &self.setting, true)?;
         prof.mark("forward");
-        self.loss.loss(&out.logits, batch, d, at, prof)
+        if let Some(l) = self.loss.head_loss(&heads, batch, d, at, prof)? {
+            return Ok(l);
+        }
+        let logits = heads.logits()?;
+        self.loss.loss(&logits, batch, d, at, prof)
     }
     fn end_step(&mut self, step: u64, sync: bool) -> Result<()> {
         self.loss.end_step(step, sync)
@@ -539,7 +603,7 @@ pub fn run_moe_training(job: &MoeTrainJob) -> Result<MoeTrainSummary> {
         Ok(v)
     };
     let mut kd = job.loss()?;
-    let mut ce = CrossEntropy;
+    let mut ce = CrossEntropy::new(&p.train.kernels);
     let loss: &mut dyn MoeLoss = match kd.as_mut() {
         Some(k) => k,
         None => &mut ce,
@@ -618,7 +682,7 @@ pub fn bench_moe(job: &MoeTrainJob, seq_len: usize, opts: &BenchOptions) -> Resu
         job.device,
         None,
     );
-    let mut loss = CrossEntropy;
+    let mut loss = CrossEntropy::new(&p.train.kernels);
     let mut objective = MoeObjective::new(&model, &mut loss)?;
     let mut trainer = Trainer::detached(p.train.clone(), &vs)?;
     let timing = trainer.bench(source.as_mut(), &mut objective, opts);

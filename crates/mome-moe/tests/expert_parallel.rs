@@ -80,7 +80,7 @@ fn train(root: &Path, name: &str, model: &MoeModel, vs: &nn::VarStore) -> Vec<f6
             group: None,
             prefetch: true,
         },
-        &mut CrossEntropy,
+        &mut CrossEntropy::default(),
         None,
     )
     .unwrap();

@@ -345,7 +345,7 @@ fn jeet_step_freezes_other_experts_and_trains_routed_shared_and_common() {
                 group: None,
                 prefetch: true,
             },
-            &mut CrossEntropy,
+            &mut CrossEntropy::default(),
             None,
         )
         .unwrap();

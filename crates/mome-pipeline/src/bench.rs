@@ -24,6 +24,7 @@
 
 use std::path::{Path, PathBuf};
 
+use mome_core::fusion::{LinearCe, LinearCeMode};
 use mome_core::optim::AdamWImpl;
 use mome_core::profile::ProfileReport;
 use mome_core::trainer::{BenchOptions, BenchTiming};
@@ -190,6 +191,10 @@ pub struct BenchRun {
     pub device: Option<DeviceSpec>,
     /// Override `[train] adamw`.
     pub adamw: Option<AdamWImpl>,
+    /// Override `[train.kernels] linear_ce`.
+    pub linear_ce: Option<LinearCeMode>,
+    /// Override `[train.kernels] ce_chunk`.
+    pub ce_chunk: Option<usize>,
     /// Peak FLOP/s for the MFU.
     pub peak_flops: f64,
 }
@@ -231,6 +236,9 @@ pub struct BenchReport {
     pub peak_flops: f64,
     /// The AdamW implementation that ran (`auto` resolved).
     pub adamw: AdamWImpl,
+    /// The LM head + cross-entropy path of the trained model's loss (`auto` resolved;
+    /// the KD steps use the reference path).
+    pub linear_ce: LinearCe,
     /// Peak GPU memory of this process in MiB (nvidia-smi; `None` on the CPU).
     pub peak_gpu_memory_mib: Option<u64>,
     /// Final loss (sanity: finite).
@@ -257,6 +265,12 @@ pub fn run_bench(params: &BenchParams, run: &BenchRun) -> Result<BenchReport> {
     if let Some(a) = run.adamw {
         p.train.adamw = a;
     }
+    if let Some(l) = run.linear_ce {
+        p.train.kernels.linear_ce = l;
+    }
+    if let Some(c) = run.ce_chunk {
+        p.train.kernels.ce_chunk = c;
+    }
     if let Some(c) = run.kd_chunk {
         distill.kd_chunk = Some(c);
     }
@@ -275,10 +289,17 @@ pub fn run_bench(params: &BenchParams, run: &BenchRun) -> Result<BenchReport> {
         )));
     }
     let (mut kd, mut moe) = (None, None);
+    let mut linear_ce = LinearCe::Reference;
     let (timing, parameters, teacher_parameters, flops_per_token): (BenchTiming, i64, _, f64) =
         match mode {
             BenchMode::Lm => {
-                let r = bench_lm(&p.check_shape(vocab, seq_len)?, seq_len, &run.steps)?;
+                let job = p.check_shape(vocab, seq_len)?;
+                linear_ce = p
+                    .train
+                    .kernels
+                    .linear_ce
+                    .resolve(job.device(), p.train.precision.compute_kind())?;
+                let r = bench_lm(&job, seq_len, &run.steps)?;
                 (r.timing, r.parameters, None, r.flops_per_token)
             }
             BenchMode::KdOnline | BenchMode::KdCache => {
@@ -353,6 +374,11 @@ pub fn run_bench(params: &BenchParams, run: &BenchRun) -> Result<BenchReport> {
                     expert_devices: Vec::new(),
                 };
                 let job = mp.check_shape(b.domains.clone(), vocab, seq_len, None, false)?;
+                linear_ce = p
+                    .train
+                    .kernels
+                    .linear_ce
+                    .resolve(p.device.resolve()?, p.train.precision.compute_kind())?;
                 let r = bench_moe(&job, seq_len, &run.steps)?;
                 moe = Some(serde_json::json!({
                     "arch": arch.name(),
@@ -387,6 +413,7 @@ pub fn run_bench(params: &BenchParams, run: &BenchRun) -> Result<BenchReport> {
         mfu: timing.tokens_per_second * flops_per_token / run.peak_flops,
         peak_flops: run.peak_flops,
         adamw: timing.adamw,
+        linear_ce,
         peak_gpu_memory_mib: timing.peak_gpu_memory_mib,
         final_loss: timing.final_loss,
         kd,

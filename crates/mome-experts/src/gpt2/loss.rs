@@ -1,8 +1,10 @@
 //! The causal language-model loss: shifted next-token cross-entropy, fp32.
 
+use mome_core::fusion::{KernelConfig, LinearCe};
+use mome_core::linear_ce::{linear_cross_entropy, LinearCrossEntropy};
 use tch::{Kind, Reduction, Tensor};
 
-use super::model::check_int_kind;
+use super::model::{check_int_kind, Gpt2LmHeadModel};
 use crate::error::{Error, Result};
 
 /// The shapes of `logits` `[B, T, V]` and `input_ids` `[B, T]` (integer ids, at
@@ -119,6 +121,58 @@ pub fn causal_lm_loss(
         .f_log_softmax(-1, Kind::Float)?
         .f_nll_loss::<Tensor>(&targets, None, Reduction::Sum, -100)?;
     Ok(sum / count)
+}
+
+/// Next-token targets aligned with every position of `input_ids` `[B, T]`: `[B * T]`
+/// int64 with `ids[:, t+1]` at position `t` and -100 (ignored) at the last position
+/// and where `attention_mask` drops a pair (see [`causal_lm_loss_sum`]).
+pub fn next_token_targets(input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+    let is = input_ids.size();
+    if is.len() != 2 || is[1] < 2 {
+        return Err(Error::Input(format!(
+            "input_ids must be [B, T] with at least 2 positions, got {is:?}"
+        )));
+    }
+    // The logits only give their shape to the shared checks: a [B, T, 1] view.
+    let shape_only =
+        Tensor::zeros([1], (Kind::Float, input_ids.device())).expand([is[0], is[1], 1], false);
+    Ok(aligned_targets(&shape_only, input_ids, attention_mask)?.1)
+}
+
+/// [`causal_lm_loss`] of `model`'s LM head applied to `hidden` `[B, T, n_embd]` (the
+/// last hidden state), computed by the path `how` ([`mome_core::linear_ce`]): with
+/// [`LinearCe::Reference`] exactly `causal_lm_loss(model.lm_head_logits(hidden))`; the
+/// chunked and fused paths never hold the full logits and compute the gradients of
+/// `hidden` and of the head in the forward pass.
+pub fn causal_lm_head_loss(
+    model: &Gpt2LmHeadModel,
+    hidden: &Tensor,
+    input_ids: &Tensor,
+    how: LinearCe,
+    kernels: &KernelConfig,
+) -> Result<Tensor> {
+    if how == LinearCe::Reference {
+        return causal_lm_loss(&model.lm_head_logits(hidden)?, input_ids, None);
+    }
+    let hs = hidden.size();
+    if hs.len() != 3 || hs[..2] != input_ids.size()[..] {
+        return Err(Error::Input(format!(
+            "hidden [B, T, D] and input_ids [B, T] disagree: {hs:?} vs {:?}",
+            input_ids.size()
+        )));
+    }
+    let targets = next_token_targets(input_ids, None)?;
+    let h = hidden.reshape([-1, hs[2]]);
+    Ok(linear_cross_entropy(
+        &LinearCrossEntropy {
+            hidden: &h,
+            weight: model.lm_head_weight(),
+            targets: &targets,
+            compute: model.compute_kind(),
+        },
+        how,
+        kernels,
+    )?)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub mod model;
 pub use config::{Activation, Gpt2Config, ModelSpec, Preset};
 pub use hf_io::{CONFIG_FILE, WEIGHTS_FILE};
 pub use layers::Gpt2Block;
-pub use loss::{causal_lm_loss, causal_lm_loss_sum};
+pub use loss::{causal_lm_head_loss, causal_lm_loss, causal_lm_loss_sum, next_token_targets};
 pub use model::{
     Gpt2Input, Gpt2LmHeadModel, Gpt2Model, Gpt2ModelOutput, Gpt2Output, Gpt2Stack, ParamCount,
     StackOutput,

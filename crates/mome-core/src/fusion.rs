@@ -1,0 +1,181 @@
+//! Which fused kernels a run uses: `[train.kernels]` of every training config, one
+//! key per fusion. Each fusion has a plain-libtorch reference path (the default on the
+//! CPU, selectable on CUDA) computing the same values.
+//!
+//! ```
+//! use mome_core::fusion::{KernelConfig, LinearCe};
+//! use tch::{Device, Kind};
+//!
+//! let k: KernelConfig = toml::from_str("linear_ce = \"chunked\"\nce_chunk = 512").unwrap();
+//! k.validate().unwrap();
+//! assert_eq!(k.linear_ce.resolve(Device::Cpu, Kind::Float).unwrap(), LinearCe::Chunked);
+//! // `auto` keeps the reference path on the CPU.
+//! let auto = KernelConfig::default();
+//! assert_eq!(auto.linear_ce.resolve(Device::Cpu, Kind::Float).unwrap(), LinearCe::Reference);
+//! ```
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind};
+
+use crate::{Error, Result};
+
+/// How the LM head and its cross-entropy run ([`crate::linear_ce`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinearCeMode {
+    /// `reference` for now: it becomes `fused` on CUDA once the fused path has passed
+    /// its CUDA tests and been measured on a GPU (docs/performance.md).
+    #[default]
+    Auto,
+    /// The full `[positions, vocab]` logits, then log-softmax and NLL under autograd.
+    Reference,
+    /// Chunks of positions with the gradient computed in the forward pass (libtorch
+    /// operators per chunk); never holds more than one chunk's logits.
+    Chunked,
+    /// `chunked` with mome's CUDA kernel for each chunk's softmax, loss and gradient
+    /// (CUDA only, bf16 or fp32 compute).
+    Fused,
+}
+
+impl std::str::FromStr for LinearCeMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "reference" => Ok(Self::Reference),
+            "chunked" => Ok(Self::Chunked),
+            "fused" => Ok(Self::Fused),
+            _ => Err(Error::Config(format!(
+                "linear_ce `{s}`: expected auto, reference, chunked or fused"
+            ))),
+        }
+    }
+}
+
+/// The path [`LinearCeMode::resolve`] picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinearCe {
+    /// See [`LinearCeMode::Reference`].
+    Reference,
+    /// See [`LinearCeMode::Chunked`].
+    Chunked,
+    /// See [`LinearCeMode::Fused`].
+    Fused,
+}
+
+impl LinearCeMode {
+    /// The path on `device` with matmuls in `compute`. `fused` off CUDA, with a
+    /// compute kind other than bf16 / fp32, or when NVRTC cannot be loaded, is an
+    /// error that says why.
+    pub fn resolve(self, device: Device, compute: Kind) -> Result<LinearCe> {
+        let kernel_kind = matches!(compute, Kind::BFloat16 | Kind::Float);
+        match self {
+            Self::Reference => Ok(LinearCe::Reference),
+            Self::Chunked => Ok(LinearCe::Chunked),
+            // `auto` stays on the reference path until the fused path has passed its
+            // CUDA tests and been measured on a GPU (docs/performance.md).
+            Self::Auto => Ok(LinearCe::Reference),
+            Self::Fused => {
+                if !device.is_cuda() {
+                    return Err(Error::Config(format!(
+                        "kernels.linear_ce = \"fused\" needs a CUDA device (the run is on {device:?}); use \"chunked\" or \"reference\""
+                    )));
+                }
+                if !kernel_kind {
+                    return Err(Error::Config(format!(
+                        "kernels.linear_ce = \"fused\" takes bf16 or fp32 compute, not {compute:?}"
+                    )));
+                }
+                crate::kernels::nvrtc_available().map_err(|why| {
+                    Error::Config(format!(
+                        "kernels.linear_ce = \"fused\": {why} (\"chunked\" needs no NVRTC)"
+                    ))
+                })?;
+                Ok(LinearCe::Fused)
+            }
+        }
+    }
+}
+
+/// Positions per chunk when `ce_chunk = 0`: as many as keep one chunk's logits near
+/// 256 MiB (at least 64).
+pub const CE_CHUNK_BYTES: i64 = 256 << 20;
+
+/// `[train.kernels]`: the fused kernels of a run. Defaults in one place
+/// ([`Default`]); every field may be left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelConfig {
+    /// LM head + cross-entropy: `auto` (default), `reference`, `chunked` or `fused`.
+    pub linear_ce: LinearCeMode,
+    /// Positions per chunk of the chunked and fused cross-entropy (0, the default:
+    /// chunks of about [`CE_CHUNK_BYTES`] of logits).
+    pub ce_chunk: usize,
+}
+
+impl KernelConfig {
+    /// Checks what needs no device (`ce_chunk` fits the tensor sizes).
+    pub fn validate(&self) -> Result<()> {
+        if i64::try_from(self.ce_chunk).is_err() {
+            return Err(Error::Config(format!(
+                "kernels.ce_chunk = {} is too large",
+                self.ce_chunk
+            )));
+        }
+        Ok(())
+    }
+
+    /// The chunk of positions for `positions` rows of `vocab` logits of
+    /// `elem_bytes` bytes each.
+    pub fn ce_chunk_rows(&self, positions: i64, vocab: i64, elem_bytes: i64) -> i64 {
+        let rows = if self.ce_chunk > 0 {
+            self.ce_chunk as i64
+        } else {
+            (CE_CHUNK_BYTES / (vocab.max(1) * elem_bytes.max(1))).max(64)
+        };
+        rows.clamp(1, positions.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_is_refused_off_cuda_and_auto_falls_back() {
+        let e = LinearCeMode::Fused
+            .resolve(Device::Cpu, Kind::Float)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs a CUDA device"), "{e}");
+        assert_eq!(
+            LinearCeMode::Auto
+                .resolve(Device::Cpu, Kind::BFloat16)
+                .unwrap(),
+            LinearCe::Reference
+        );
+        assert_eq!(
+            LinearCeMode::Auto
+                .resolve(Device::Cuda(0), Kind::Half)
+                .unwrap(),
+            LinearCe::Reference
+        );
+    }
+
+    #[test]
+    fn chunk_rows_follow_the_byte_budget_or_the_key() {
+        let k = KernelConfig::default();
+        assert_eq!(k.ce_chunk_rows(1 << 20, 32_000, 2), (256 << 20) / 64_000);
+        assert_eq!(k.ce_chunk_rows(100, 32_000, 2), 100);
+        assert_eq!(k.ce_chunk_rows(1 << 20, 1 << 30, 4), 64);
+        let k = KernelConfig {
+            ce_chunk: 7,
+            ..Default::default()
+        };
+        assert_eq!(k.ce_chunk_rows(100, 32_000, 2), 7);
+        let bad: std::result::Result<KernelConfig, _> = toml::from_str("linear_ce = \"fast\"");
+        assert!(bad.is_err());
+    }
+}

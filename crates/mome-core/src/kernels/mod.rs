@@ -1,0 +1,316 @@
+//! mome's own CUDA kernels: CUDA C++ sources in this folder, compiled at run time
+//! with NVRTC (no CUDA toolkit at build time) and launched through the CUDA driver
+//! API (cudarc, loaded at run time) on the data pointers of tch tensors.
+//!
+//! This module owns all of that `unsafe` (the libtorch operator shim is
+//! `crate::fused`). Its contract:
+//!
+//! * **Libraries.** libnvrtc (and its `libnvrtc-builtins`) come from the PyPI torch
+//!   wheel's `nvidia/cu13/lib`, found beside the libtorch this process loaded
+//!   (`/proc/self/maps`), or from `MOME_NVRTC_DIR`, else from the system's search
+//!   path. The driver (`libcuda.so`) comes from the system. Nothing is linked at build
+//!   time; a missing library is an [`Error::Kernel`], never a panic.
+//! * **Compilation.** Each source is compiled once per process and device, for that
+//!   device's architecture (`compute_XY` PTX, JIT-compiled by the driver), and cached.
+//! * **Launches.** Every launch checks device, dtype, shape and contiguity of every
+//!   tensor it touches before it takes a raw pointer, and runs on the CUDA null
+//!   stream, the stream tch's operators run on (tch never changes the current
+//!   stream), so it is ordered with them without any synchronisation. The tensors are
+//!   borrowed for the duration of the call; the kernel may still be running when it
+//!   returns, which is safe because libtorch's caching allocator reuses freed memory
+//!   only for work queued later on that same stream.
+//! * **Reference paths.** Every kernel has a plain-libtorch reference with the same
+//!   arithmetic, used on the CPU and selectable on CUDA (see [`crate::linear_ce`]);
+//!   CUDA tests (feature `cuda`) compare the two.
+//!
+//! [`compile_check`] compiles every source for a given architecture without a GPU
+//! (CI does it on the CPU machine).
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::CompileOptions;
+use tch::{Device, Kind, Tensor};
+
+use crate::{Error, Result};
+
+/// A kernel source: its file name and text.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelSource {
+    /// File name under `crates/mome-core/src/kernels/`.
+    pub name: &'static str,
+    /// CUDA C++ text.
+    pub text: &'static str,
+    /// The `extern "C"` kernels it defines.
+    pub kernels: &'static [&'static str],
+}
+
+/// Row-wise softmax cross-entropy and its gradient, in place (bf16 and fp32).
+pub const SOFTMAX_XENT: KernelSource = KernelSource {
+    name: "softmax_xent.cu",
+    text: include_str!("softmax_xent.cu"),
+    kernels: &["softmax_xent_grad_bf16", "softmax_xent_grad_f32"],
+};
+
+/// Every kernel source of mome.
+pub const SOURCES: &[KernelSource] = &[SOFTMAX_XENT];
+
+fn kernel_err(what: impl Into<String>) -> Error {
+    Error::Kernel(what.into())
+}
+
+/// The folder of the torch wheel's NVIDIA libraries beside the libtorch this process
+/// loaded (`<site-packages>/nvidia/cu13/lib` for `<site-packages>/torch/lib`).
+fn wheel_nvidia_lib_dir() -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let torch_lib = maps.lines().find_map(|l| {
+        let path = l.split_whitespace().nth(5)?;
+        let p = Path::new(path);
+        let name = p.file_name()?.to_str()?;
+        (name == "libtorch_cpu.so" || name == "libc10.so")
+            .then(|| p.parent().map(Path::to_path_buf))?
+    })?;
+    let site = torch_lib.parent()?.parent()?;
+    ["cu13", "cuda_nvrtc"]
+        .iter()
+        .map(|d| site.join("nvidia").join(d).join("lib"))
+        .find(|d| d.is_dir())
+}
+
+/// Loads libnvrtc (and its builtins, which libnvrtc itself opens by name) from the
+/// torch wheel or `MOME_NVRTC_DIR` with global symbols, so that cudarc's own lookup
+/// by soname finds the loaded copy. Once per process; the error is kept.
+fn ensure_nvrtc() -> Result<()> {
+    static LOADED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    let r = LOADED.get_or_init(|| {
+        let dir = std::env::var_os("MOME_NVRTC_DIR")
+            .map(PathBuf::from)
+            .or_else(wheel_nvidia_lib_dir);
+        if let Some(dir) = &dir {
+            for name in ["libnvrtc-builtins.so.13.0", "libnvrtc.so.13"] {
+                let path = dir.join(name);
+                if path.exists() {
+                    // SAFETY: loading NVIDIA's NVRTC runs its initialisers; it is the
+                    // library shipped with the libtorch already in this process. The
+                    // handle is leaked: the library stays loaded for the process.
+                    let lib = unsafe {
+                        libloading::os::unix::Library::open(
+                            Some(&path),
+                            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+                        )
+                    }
+                    .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+                    std::mem::forget(lib);
+                }
+            }
+        }
+        // SAFETY: only probes whether the library can be opened.
+        if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            Ok(())
+        } else {
+            Err(format!(
+                "libnvrtc.so.13 not found ({}); it ships in the torch wheel's nvidia/cu13/lib \
+                 (scripts/setup-libtorch.sh), or set MOME_NVRTC_DIR",
+                dir.map_or("no torch wheel folder found".to_string(), |d| format!(
+                    "looked in {}",
+                    d.display()
+                ))
+            ))
+        }
+    });
+    r.clone().map_err(kernel_err)
+}
+
+/// Whether NVRTC can be loaded (the reason when not).
+pub fn nvrtc_available() -> std::result::Result<(), String> {
+    ensure_nvrtc().map_err(|e| e.to_string())
+}
+
+/// Compiles `src` to PTX for `compute_{major}{minor}`.
+fn compile(src: &KernelSource, major: i32, minor: i32) -> Result<String> {
+    ensure_nvrtc()?;
+    let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+    let opts = CompileOptions {
+        arch: Some(arch),
+        options: vec!["--std=c++17".into()],
+        name: Some(src.name.to_string()),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src.text, opts)
+        .map_err(|e| kernel_err(format!("NVRTC could not compile {}: {e}", src.name)))?;
+    Ok(ptx.to_src())
+}
+
+/// Compiles every kernel source for compute capability `major.minor` (e.g. 9.0 for
+/// H100) without a GPU, returning each file's name and PTX size. CI runs this on the
+/// CPU machine: a source that does not compile fails there, not on the GPU.
+pub fn compile_check(major: i32, minor: i32) -> Result<Vec<(&'static str, usize)>> {
+    SOURCES
+        .iter()
+        .map(|s| {
+            let ptx = compile(s, major, minor)?;
+            for k in s.kernels {
+                if !ptx.contains(&format!(".entry {k}(")) {
+                    return Err(kernel_err(format!("{}: no kernel {k} in the PTX", s.name)));
+                }
+            }
+            Ok((s.name, ptx.len()))
+        })
+        .collect()
+}
+
+/// The loaded kernels of one device.
+struct Loaded {
+    stream: Arc<CudaStream>,
+    functions: HashMap<&'static str, CudaFunction>,
+}
+
+/// The kernels of CUDA device `ordinal`, compiled and loaded on first use.
+fn loaded(ordinal: usize) -> Result<Arc<Loaded>> {
+    static CACHE: OnceLock<Mutex<HashMap<usize, Arc<Loaded>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = cache
+        .lock()
+        .map_err(|_| kernel_err("kernel cache poisoned"))?;
+    if let Some(l) = map.get(&ordinal) {
+        return Ok(l.clone());
+    }
+    ensure_nvrtc()?;
+    // SAFETY: only probes whether libcuda can be opened.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(kernel_err(
+            "the CUDA driver library (libcuda.so) is not loadable",
+        ));
+    }
+    let drv = |what: &str, e: cudarc::driver::DriverError| kernel_err(format!("{what}: {e}"));
+    // The device's primary context: the one the CUDA runtime (libtorch) uses.
+    let ctx = CudaContext::new(ordinal).map_err(|e| drv("CUDA context", e))?;
+    // SAFETY: event tracking only serves cudarc's own buffers, which are not used.
+    unsafe { ctx.disable_event_tracking() };
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(|e| drv("compute capability", e))?;
+    let mut functions = HashMap::new();
+    for src in SOURCES {
+        let ptx = compile(src, major, minor)?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(|e| drv(&format!("loading {}", src.name), e))?;
+        for k in src.kernels {
+            let f = module
+                .load_function(k)
+                .map_err(|e| drv(&format!("kernel {k}"), e))?;
+            functions.insert(*k, f);
+        }
+    }
+    let l = Arc::new(Loaded {
+        stream: ctx.default_stream(),
+        functions,
+    });
+    map.insert(ordinal, l.clone());
+    Ok(l)
+}
+
+fn cuda_ordinal(t: &Tensor, what: &str) -> Result<usize> {
+    match t.device() {
+        Device::Cuda(i) => Ok(i),
+        d => Err(kernel_err(format!(
+            "{what} must be on a CUDA device, is on {d:?}"
+        ))),
+    }
+}
+
+fn expect(t: &Tensor, what: &str, kind: Kind, shape: &[i64], ordinal: usize) -> Result<()> {
+    if t.kind() != kind || t.size() != shape || !t.is_contiguous() {
+        return Err(kernel_err(format!(
+            "{what} must be a contiguous {kind:?} tensor of shape {shape:?}, got {:?} {:?}{}",
+            t.kind(),
+            t.size(),
+            if t.is_contiguous() {
+                ""
+            } else {
+                " (not contiguous)"
+            }
+        )));
+    }
+    if cuda_ordinal(t, what)? != ordinal {
+        return Err(kernel_err(format!("{what} is on another device")));
+    }
+    Ok(())
+}
+
+/// In place on `z` `[rows, V]` (bf16 or fp32 logits, contiguous, CUDA): writes
+/// `loss[r] = logsumexp(z[r]) - z[r, targets[r]]` (0 where the target is -100, NaN
+/// where it is outside `[0, V)`) and replaces `z[r]` by
+/// `(softmax(z[r]) - onehot(targets[r])) * scale[0]` (0 for ignored rows).
+/// `targets` int64 `[rows]`, `scale` fp32 `[1]`, `loss` fp32 `[rows]`, all on `z`'s
+/// device. Queued on the null stream; no host synchronisation.
+pub fn softmax_xent_grad(
+    z: &Tensor,
+    targets: &Tensor,
+    scale: &Tensor,
+    loss: &Tensor,
+) -> Result<()> {
+    let ordinal = cuda_ordinal(z, "the logits")?;
+    let size = z.size();
+    let (rows, v) = match size[..] {
+        [r, v] if r > 0 && v > 0 => (r, v),
+        _ => {
+            return Err(kernel_err(format!(
+                "logits must be [rows, V], got {size:?}"
+            )))
+        }
+    };
+    let (name, kind) = match z.kind() {
+        Kind::BFloat16 => ("softmax_xent_grad_bf16", Kind::BFloat16),
+        Kind::Float => ("softmax_xent_grad_f32", Kind::Float),
+        k => {
+            return Err(kernel_err(format!(
+                "the cross-entropy kernel takes bf16 or fp32 logits, got {k:?}"
+            )))
+        }
+    };
+    expect(z, "the logits", kind, &[rows, v], ordinal)?;
+    expect(targets, "the targets", Kind::Int64, &[rows], ordinal)?;
+    expect(scale, "the scale", Kind::Float, &[1], ordinal)?;
+    expect(loss, "the row losses", Kind::Float, &[rows], ordinal)?;
+    let (rows_i, v_i) = match (i32::try_from(rows), i32::try_from(v)) {
+        (Ok(r), Ok(v)) => (r, v),
+        _ => {
+            return Err(kernel_err(format!(
+                "{rows} x {v} logits exceed the kernel's int32 sizes"
+            )))
+        }
+    };
+    let l = loaded(ordinal)?;
+    let f = l
+        .functions
+        .get(name)
+        .ok_or_else(|| kernel_err(format!("kernel {name} not loaded")))?;
+    let ptrs: [u64; 4] = [
+        z.data_ptr() as u64,
+        targets.data_ptr() as u64,
+        scale.data_ptr() as u64,
+        loss.data_ptr() as u64,
+    ];
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (if v >= 8192 { 512 } else { 128 }, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = l.stream.launch_builder(f);
+    for p in &ptrs {
+        launch.arg(p);
+    }
+    launch.arg(&rows_i).arg(&v_i);
+    // SAFETY: the argument list matches the kernel's signature (4 device pointers,
+    // int rows, int V); every pointer is the data of a contiguous tensor checked
+    // above for dtype, shape and device, so the kernel's accesses (row < rows,
+    // column < V, target checked against V) stay inside them; the tensors outlive
+    // the queued work on the null stream (see the module docs).
+    unsafe { launch.launch(cfg) }.map_err(|e| kernel_err(format!("launching {name}: {e}")))?;
+    Ok(())
+}

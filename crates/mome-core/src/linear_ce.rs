@@ -1,0 +1,317 @@
+//! Fused linear cross-entropy: the LM head `hidden @ weightᵀ` and the mean
+//! cross-entropy of its logits, without the full `[positions, vocab]` logits (method
+//! §3's next-token objective, the loss of every student, teacher and expert).
+//!
+//! Positions are processed in chunks. For each chunk the logits `z = h·Wᵀ` are made in
+//! the compute kind, turned *in place* into `dL/dz = (softmax(z) − onehot(target)) / n`
+//! (with the row losses `logsumexp(z) − z[target]` on the side), and immediately used
+//! for `dL/dh = dz·W` and `dL/dW += dzᵀ·h` (accumulated in fp32). The gradients are
+//! thus computed in the forward pass, as in Liger-Kernel's FusedLinearCrossEntropy and
+//! llm.c's fused classifier, and handed to autograd through a surrogate
+//! `⟨h, dL/dh⟩ + ⟨W, dL/dW⟩` whose value is subtracted again: the returned loss has
+//! the exact value and exactly these gradients (times the upstream gradient, so loss
+//! weights and accumulation scaling work as usual).
+//!
+//! Per chunk, the softmax/loss/gradient step is either mome's CUDA kernel
+//! ([`crate::kernels`], one read-read-write pass over the chunk's logits) or
+//! [`softmax_xent_grad_reference`] (libtorch operators, the same arithmetic); the whole
+//! unfused computation is [`LinearCe::Reference`]. Which one runs is
+//! `[train.kernels] linear_ce` ([`crate::fusion`]).
+//!
+//! ```
+//! use mome_core::fusion::{KernelConfig, LinearCe};
+//! use mome_core::linear_ce::{linear_cross_entropy, LinearCrossEntropy};
+//! use tch::{Device, Kind, Tensor};
+//!
+//! let h = Tensor::randn([6, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+//! let w = Tensor::randn([10, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+//! let targets = Tensor::from_slice(&[1i64, 2, -100, 9, 0, 3]);
+//! let input = LinearCrossEntropy { hidden: &h, weight: &w, targets: &targets, compute: Kind::Float };
+//! let chunked = linear_cross_entropy(&input, LinearCe::Chunked, &KernelConfig { ce_chunk: 4, ..Default::default() }).unwrap();
+//! let reference = linear_cross_entropy(&input, LinearCe::Reference, &KernelConfig::default()).unwrap();
+//! assert!((chunked.double_value(&[]) - reference.double_value(&[])).abs() < 1e-5);
+//! chunked.backward(); // gradients of h and w, as the reference's would be
+//! ```
+
+use tch::{Kind, Reduction, Tensor};
+
+use crate::fusion::{KernelConfig, LinearCe};
+use crate::{Error, Result};
+
+/// The target that counts for nothing.
+pub const IGNORE_INDEX: i64 = -100;
+
+/// The inputs of [`linear_cross_entropy`].
+#[derive(Debug)]
+pub struct LinearCrossEntropy<'a> {
+    /// Hidden states `[N, D]` (any float kind; differentiable).
+    pub hidden: &'a Tensor,
+    /// The head `[V, D]` (fp32 master weights or the compute kind; differentiable).
+    pub weight: &'a Tensor,
+    /// Targets `[N]`, int64 in `[0, V)` or [`IGNORE_INDEX`].
+    pub targets: &'a Tensor,
+    /// The kind of the matmuls and logits (bf16 under bf16 compute).
+    pub compute: Kind,
+}
+
+impl LinearCrossEntropy<'_> {
+    fn shapes(&self) -> Result<(i64, i64, i64)> {
+        let (hs, ws, ts) = (self.hidden.size(), self.weight.size(), self.targets.size());
+        match (&hs[..], &ws[..], &ts[..]) {
+            ([n, d], [v, d2], [n2]) if d == d2 && n == n2 && *v > 0 => {
+                if self.targets.kind() != Kind::Int64 {
+                    return Err(Error::Config(format!(
+                        "linear cross-entropy targets must be int64, got {:?}",
+                        self.targets.kind()
+                    )));
+                }
+                Ok((*n, *d, *v))
+            }
+            _ => Err(Error::Config(format!(
+                "linear cross-entropy takes hidden [N, D], weight [V, D] and targets [N]; got {hs:?}, {ws:?}, {ts:?}"
+            ))),
+        }
+    }
+}
+
+fn in_kind(t: &Tensor, k: Kind) -> Result<Tensor> {
+    Ok(if t.kind() == k {
+        t.shallow_clone()
+    } else {
+        t.f_to_kind(k)?
+    })
+}
+
+/// The mean cross-entropy of `hidden @ weightᵀ` against `targets` over the counted
+/// targets (0 when none counts), fp32, differentiable with respect to `hidden` and
+/// `weight`, by the path `how` (chunk size from `kernels`). No host synchronisation.
+pub fn linear_cross_entropy(
+    input: &LinearCrossEntropy<'_>,
+    how: LinearCe,
+    kernels: &KernelConfig,
+) -> Result<Tensor> {
+    let (n, _d, v) = input.shapes()?;
+    let k = input.compute;
+    if how == LinearCe::Reference {
+        let logits =
+            in_kind(input.hidden, k)?.f_linear::<Tensor>(&in_kind(input.weight, k)?, None)?;
+        let count = input
+            .targets
+            .ne(IGNORE_INDEX)
+            .sum(Kind::Float)
+            .clamp_min(1.0);
+        let sum = logits
+            .f_log_softmax(-1, Kind::Float)?
+            .f_nll_loss::<Tensor>(input.targets, None, Reduction::Sum, IGNORE_INDEX)?;
+        return Ok(sum / count);
+    }
+    let device = input.hidden.device();
+    let need_h = input.hidden.requires_grad();
+    let need_w = input.weight.requires_grad();
+    let count = input
+        .targets
+        .ne(IGNORE_INDEX)
+        .sum(Kind::Float)
+        .clamp_min(1.0);
+    let scale = count.reciprocal().reshape([1]);
+    let h = in_kind(&input.hidden.detach(), k)?.contiguous();
+    let w = in_kind(&input.weight.detach(), k)?.contiguous();
+    let targets = input.targets.contiguous();
+    let row_loss = Tensor::f_empty([n], (Kind::Float, device))?;
+    let gh = need_h
+        .then(|| Tensor::f_empty([n, _d], (k, device)))
+        .transpose()?;
+    let gw = need_w
+        .then(|| Tensor::f_zeros([v, _d], (Kind::Float, device)))
+        .transpose()?;
+    // cuBLAS adds a bf16/fp16 product straight into the fp32 accumulator.
+    let fp32_accumulate = device.is_cuda() && matches!(k, Kind::BFloat16 | Kind::Half);
+    let chunk = kernels.ce_chunk_rows(n, v, k.elt_size_in_bytes() as i64);
+    let _guard = tch::no_grad_guard();
+    let mut start = 0;
+    while start < n {
+        let c = chunk.min(n - start);
+        let hc = h.narrow(0, start, c);
+        let z = hc.f_mm(&w.tr())?;
+        let tc = targets.narrow(0, start, c);
+        let lc = row_loss.narrow(0, start, c);
+        match how {
+            LinearCe::Fused => crate::kernels::softmax_xent_grad(&z, &tc, &scale, &lc)?,
+            _ => softmax_xent_grad_reference(&z, &tc, &scale, &lc)?,
+        }
+        if let Some(gh) = &gh {
+            let _ = z.f_mm_out(&gh.narrow(0, start, c), &w)?;
+        }
+        if let Some(gw) = &gw {
+            let mut gw = gw.shallow_clone();
+            if k == Kind::Float {
+                let _ = gw.f_addmm_(&z.tr(), &hc)?;
+            } else if fp32_accumulate {
+                let _ = gw.f_addmm_dtype_out(&gw, &z.tr(), &hc, Kind::Float)?;
+            } else {
+                let _ = gw.f_add_(&z.tr().f_mm(&hc)?.f_to_kind(Kind::Float)?)?;
+            }
+        }
+        start += c;
+    }
+    drop(_guard);
+    let value = (row_loss.f_sum(Kind::Float)? * scale.reshape([])).detach();
+    let mut surrogate: Option<Tensor> = None;
+    let mut add = |t: Tensor| {
+        surrogate = Some(match surrogate.take() {
+            Some(s) => s + t,
+            None => t,
+        })
+    };
+    if let Some(gh) = gh {
+        add((input.hidden * in_kind(&gh, input.hidden.kind())?).f_sum(Kind::Float)?);
+    }
+    if let Some(gw) = gw {
+        add((input.weight * in_kind(&gw, input.weight.kind())?).f_sum(Kind::Float)?);
+    }
+    Ok(match surrogate {
+        // value + (s - s): the value exactly, the gradients of s.
+        Some(s) => value + (&s - s.detach()),
+        None => value,
+    })
+}
+
+/// The reference of the fused kernel, in place on one chunk `z` `[C, V]`: writes
+/// `loss[r] = logsumexp(z[r]) − z[r, t_r]` (fp32; 0 where `t_r` is [`IGNORE_INDEX`],
+/// NaN where it is outside `[0, V)`), and replaces `z[r]` by
+/// `(softmax(z[r]) − onehot(t_r)) · scale` (0 for ignored rows), all in fp32 before
+/// the final cast to `z`'s kind.
+pub fn softmax_xent_grad_reference(
+    z: &Tensor,
+    targets: &Tensor,
+    scale: &Tensor,
+    loss: &Tensor,
+) -> Result<()> {
+    let v = z.size()[1];
+    let device = z.device();
+    let counted = targets.ne(IGNORE_INDEX);
+    let in_range = targets.ge(0).logical_and(&targets.lt(v));
+    let valid = counted.logical_and(&in_range);
+    let t = targets.clamp(0, v - 1).unsqueeze(1);
+    let lsm = z.f_log_softmax(-1, Kind::Float)?;
+    let picked = lsm.f_gather(1, &t, false)?.squeeze_dim(1);
+    let nan = Tensor::full([], f64::NAN, (Kind::Float, device));
+    let zero = Tensor::zeros([], (Kind::Float, device));
+    let row = picked
+        .neg()
+        .where_self(&in_range, &nan)
+        .where_self(&counted, &zero);
+    loss.shallow_clone().f_copy_(&row)?;
+    let valid_f = valid.to_kind(Kind::Float);
+    let mut g = lsm.f_exp()?;
+    let _ = g.f_scatter_add_(1, &t, &valid_f.neg().unsqueeze(1))?;
+    let _ = g.f_mul_(&(valid_f * scale).unsqueeze(1))?;
+    let mut z = z.shallow_clone();
+    z.f_copy_(&g)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approx::assert_relative_eq;
+    use tch::Device;
+
+    fn case(n: i64, d: i64, v: i64, seed: i64) -> (Tensor, Tensor, Tensor) {
+        tch::manual_seed(seed);
+        let h = Tensor::randn([n, d], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let w = (Tensor::randn([v, d], (Kind::Float, Device::Cpu)) * 0.5).set_requires_grad(true);
+        let t = Tensor::randint(v, [n], (Kind::Int64, Device::Cpu));
+        // Some ignored positions.
+        let _ = t.narrow(0, 1, 1).shallow_clone().fill_(IGNORE_INDEX);
+        let _ = t.narrow(0, n - 1, 1).shallow_clone().fill_(IGNORE_INDEX);
+        (h, w, t)
+    }
+
+    fn run(
+        h: &Tensor,
+        w: &Tensor,
+        t: &Tensor,
+        how: LinearCe,
+        chunk: usize,
+    ) -> (f64, Tensor, Tensor) {
+        h.shallow_clone().zero_grad();
+        w.shallow_clone().zero_grad();
+        let input = LinearCrossEntropy {
+            hidden: h,
+            weight: w,
+            targets: t,
+            compute: Kind::Float,
+        };
+        let k = KernelConfig {
+            ce_chunk: chunk,
+            ..Default::default()
+        };
+        let loss = linear_cross_entropy(&input, how, &k).unwrap();
+        // An upstream gradient other than 1 (a loss weight).
+        (loss * 0.75).backward();
+        let l = linear_cross_entropy(&input, how, &k)
+            .unwrap()
+            .double_value(&[]);
+        (l, h.grad().copy(), w.grad().copy())
+    }
+
+    #[test]
+    fn chunked_matches_the_reference_in_value_and_gradients() {
+        let (h, w, t) = case(37, 8, 50, 3);
+        let (l0, gh0, gw0) = run(&h, &w, &t, LinearCe::Reference, 0);
+        for chunk in [1, 5, 16, 37, 100] {
+            let (l1, gh1, gw1) = run(&h, &w, &t, LinearCe::Chunked, chunk);
+            assert_relative_eq!(l0, l1, max_relative = 1e-6);
+            let dh = (&gh0 - &gh1).abs().max().double_value(&[]);
+            let dw = (&gw0 - &gw1).abs().max().double_value(&[]);
+            assert!(
+                dh < 1e-6 && dw < 1e-6,
+                "chunk {chunk}: |dh| {dh}, |dw| {dw}"
+            );
+        }
+        // The ignored rows get no gradient.
+        assert_eq!(gh0.get(1).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn all_ignored_is_zero_with_zero_gradients() {
+        let (h, w, _) = case(4, 3, 5, 1);
+        let t = Tensor::full([4], IGNORE_INDEX, (Kind::Int64, Device::Cpu));
+        let (l, gh, gw) = run(&h, &w, &t, LinearCe::Chunked, 2);
+        assert_eq!(l, 0.0);
+        assert_eq!(gh.abs().sum(Kind::Float).double_value(&[]), 0.0);
+        assert_eq!(gw.abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn a_target_outside_the_vocabulary_gives_a_nan_loss_not_a_silent_zero() {
+        let (h, w, _) = case(3, 2, 4, 2);
+        let t = Tensor::from_slice(&[0i64, 7, 1]);
+        let input = LinearCrossEntropy {
+            hidden: &h,
+            weight: &w,
+            targets: &t,
+            compute: Kind::Float,
+        };
+        let l = linear_cross_entropy(&input, LinearCe::Chunked, &KernelConfig::default()).unwrap();
+        assert!(l.double_value(&[]).is_nan());
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let h = Tensor::zeros([3, 2], (Kind::Float, Device::Cpu));
+        let w = Tensor::zeros([4, 3], (Kind::Float, Device::Cpu));
+        let t = Tensor::zeros([3], (Kind::Int64, Device::Cpu));
+        let input = LinearCrossEntropy {
+            hidden: &h,
+            weight: &w,
+            targets: &t,
+            compute: Kind::Float,
+        };
+        let e = linear_cross_entropy(&input, LinearCe::Chunked, &KernelConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hidden [N, D]"), "{e}");
+    }
+}
