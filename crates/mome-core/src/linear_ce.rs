@@ -90,7 +90,7 @@ pub fn linear_cross_entropy(
     how: LinearCe,
     kernels: &KernelConfig,
 ) -> Result<Tensor> {
-    let (n, _d, v) = input.shapes()?;
+    let (n, d, v) = input.shapes()?;
     let k = input.compute;
     if how == LinearCe::Reference {
         let logits =
@@ -119,10 +119,10 @@ pub fn linear_cross_entropy(
     let targets = input.targets.contiguous();
     let row_loss = Tensor::f_empty([n], (Kind::Float, device))?;
     let gh = need_h
-        .then(|| Tensor::f_empty([n, _d], (k, device)))
+        .then(|| Tensor::f_empty([n, d], (k, device)))
         .transpose()?;
     let gw = need_w
-        .then(|| Tensor::f_zeros([v, _d], (Kind::Float, device)))
+        .then(|| Tensor::f_zeros([v, d], (Kind::Float, device)))
         .transpose()?;
     // cuBLAS adds a bf16/fp16 product straight into the fp32 accumulator.
     let fp32_accumulate = device.is_cuda() && matches!(k, Kind::BFloat16 | Kind::Half);
