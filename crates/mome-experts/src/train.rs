@@ -281,6 +281,8 @@ pub struct LmBench {
     pub parameters: i64,
     /// Model FLOPs per trained token ([`Gpt2LmHeadModel::train_flops_per_token`]).
     pub flops_per_token: f64,
+    /// The LM head + cross-entropy path of the step (`auto` resolved).
+    pub linear_ce: LinearCe,
 }
 
 /// Times [`train_lm`]'s step (same model, objective and trainer step) on random
@@ -302,12 +304,10 @@ pub fn bench_lm(job: &LmJob, seq_len: usize, opts: &BenchOptions) -> Result<LmBe
         None,
     );
     let mut trainer = Trainer::detached(p.train.clone(), &vs)?;
-    let timing = trainer.bench(
-        source.as_mut(),
-        &mut LmObjective::new(&model, &p.train.kernels)?,
-        opts,
-    )?;
+    let mut objective = LmObjective::new(&model, &p.train.kernels)?;
+    let timing = trainer.bench(source.as_mut(), &mut objective, opts)?;
     Ok(LmBench {
+        linear_ce: objective.linear_ce(),
         timing,
         parameters: model.param_count().total,
         flops_per_token: model.train_flops_per_token(seq_len as i64),

@@ -675,7 +675,7 @@ fn run_moe(
     )?;
     let model_ref = &model;
     let mut eval_fn = |_step: u64| -> Result<serde_json::Value> { eval_model(model_ref) };
-    let mut ce = CrossEntropy::new(&cfg.kernels);
+    let mut ce = CrossEntropy::new(&cfg.kernels, &model)?;
     let summary = train_moe(
         &model,
         &vs,

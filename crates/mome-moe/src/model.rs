@@ -206,11 +206,6 @@ impl MoeHeads {
     pub fn compute_kind(&self) -> Kind {
         self.compute_kind
     }
-
-    /// The device of the hidden states.
-    pub fn device(&self) -> Device {
-        self.device
-    }
 }
 
 /// The mixture of modular experts (method §6).
@@ -359,6 +354,11 @@ impl MoeModel {
     /// The device of the parameters.
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// The kind matmuls and attention run in.
+    pub fn compute_kind(&self) -> Kind {
+        self.compute_kind
     }
 
     /// Sets the kind matmuls and attention run in (parameters stay fp32).

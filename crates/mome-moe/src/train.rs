@@ -98,15 +98,37 @@ pub trait MoeLoss {
 /// path of `[train.kernels] linear_ce` ([`mome_core::linear_ce`]) whenever the batch's
 /// heads are one linear map ([`MoeHeads::as_linear`]: always for single-domain
 /// batches), and through the logits otherwise.
-#[derive(Debug, Clone, Copy, Default)]
+/// `Default` is the reference path.
+#[derive(Debug, Clone, Copy)]
 pub struct CrossEntropy {
+    how: LinearCe,
     kernels: KernelConfig,
 }
 
+impl Default for CrossEntropy {
+    fn default() -> Self {
+        Self {
+            how: LinearCe::Reference,
+            kernels: KernelConfig::default(),
+        }
+    }
+}
+
 impl CrossEntropy {
-    /// The loss with the run's `kernels`.
-    pub fn new(kernels: &KernelConfig) -> Self {
-        Self { kernels: *kernels }
+    /// The loss of `model` with the run's `kernels` (resolved for the model's device
+    /// and compute kind: an unusable `fused` is an error here, before training).
+    pub fn new(kernels: &KernelConfig, model: &MoeModel) -> Result<Self> {
+        Ok(Self {
+            how: kernels
+                .linear_ce
+                .resolve(model.device(), model.compute_kind())?,
+            kernels: *kernels,
+        })
+    }
+
+    /// The LM head + cross-entropy path in use.
+    pub fn linear_ce(&self) -> LinearCe {
+        self.how
     }
 }
 
@@ -132,10 +154,7 @@ impl MoeLoss for CrossEntropy {
         _at: StepInfo,
         prof: &mut Profiler,
     ) -> Result<Option<Tensor>> {
-        let how = self
-            .kernels
-            .linear_ce
-            .resolve(heads.device(), heads.compute_kind())?;
+        let how = self.how;
         if how == LinearCe::Reference {
             return Ok(None);
         }
@@ -603,7 +622,7 @@ pub fn run_moe_training(job: &MoeTrainJob) -> Result<MoeTrainSummary> {
         Ok(v)
     };
     let mut kd = job.loss()?;
-    let mut ce = CrossEntropy::new(&p.train.kernels);
+    let mut ce = CrossEntropy::new(&p.train.kernels, &model)?;
     let loss: &mut dyn MoeLoss = match kd.as_mut() {
         Some(k) => k,
         None => &mut ce,
@@ -658,6 +677,8 @@ pub struct MoeBench {
     pub active_parameters: i64,
     /// Model FLOPs per trained token: `6·(A·stack + vocab·d) + 12·A·layers·T·d`.
     pub flops_per_token: f64,
+    /// The LM head + cross-entropy path of the step (`auto` resolved).
+    pub linear_ce: LinearCe,
 }
 
 /// Times [`run_moe_training`]'s step (same model, objective, loss and trainer step)
@@ -682,7 +703,8 @@ pub fn bench_moe(job: &MoeTrainJob, seq_len: usize, opts: &BenchOptions) -> Resu
         job.device,
         None,
     );
-    let mut loss = CrossEntropy::new(&p.train.kernels);
+    let mut loss = CrossEntropy::new(&p.train.kernels, &model)?;
+    let linear_ce = loss.linear_ce();
     let mut objective = MoeObjective::new(&model, &mut loss)?;
     let mut trainer = Trainer::detached(p.train.clone(), &vs)?;
     let timing = trainer.bench(source.as_mut(), &mut objective, opts);
@@ -710,5 +732,6 @@ pub fn bench_moe(job: &MoeTrainJob, seq_len: usize, opts: &BenchOptions) -> Resu
         active_stacks,
         active_parameters: model.active_parameters(&active)?,
         flops_per_token,
+        linear_ce,
     })
 }

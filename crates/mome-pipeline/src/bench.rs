@@ -293,13 +293,8 @@ pub fn run_bench(params: &BenchParams, run: &BenchRun) -> Result<BenchReport> {
     let (timing, parameters, teacher_parameters, flops_per_token): (BenchTiming, i64, _, f64) =
         match mode {
             BenchMode::Lm => {
-                let job = p.check_shape(vocab, seq_len)?;
-                linear_ce = p
-                    .train
-                    .kernels
-                    .linear_ce
-                    .resolve(job.device(), p.train.precision.compute_kind())?;
-                let r = bench_lm(&job, seq_len, &run.steps)?;
+                let r = bench_lm(&p.check_shape(vocab, seq_len)?, seq_len, &run.steps)?;
+                linear_ce = r.linear_ce;
                 (r.timing, r.parameters, None, r.flops_per_token)
             }
             BenchMode::KdOnline | BenchMode::KdCache => {
@@ -374,12 +369,8 @@ pub fn run_bench(params: &BenchParams, run: &BenchRun) -> Result<BenchReport> {
                     expert_devices: Vec::new(),
                 };
                 let job = mp.check_shape(b.domains.clone(), vocab, seq_len, None, false)?;
-                linear_ce = p
-                    .train
-                    .kernels
-                    .linear_ce
-                    .resolve(p.device.resolve()?, p.train.precision.compute_kind())?;
                 let r = bench_moe(&job, seq_len, &run.steps)?;
+                linear_ce = r.linear_ce;
                 moe = Some(serde_json::json!({
                     "arch": arch.name(),
                     "domains": b.domains,

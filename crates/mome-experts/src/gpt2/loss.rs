@@ -17,14 +17,26 @@ fn checked_shapes(logits: &Tensor, input_ids: &Tensor) -> Result<(Vec<i64>, Vec<
             "logits [B, T, V] and input_ids [B, T] disagree: {ls:?} vs {is:?}"
         )));
     }
-    check_int_kind(input_ids, "input_ids")?;
-    if ls[1] < 2 {
+    checked_ids(input_ids)?;
+    Ok((ls, is))
+}
+
+/// The shape `[B, T]` of `input_ids`: integer ids, at least 2 positions.
+fn checked_ids(input_ids: &Tensor) -> Result<Vec<i64>> {
+    let is = input_ids.size();
+    if is.len() != 2 {
         return Err(Error::Input(format!(
-            "need at least 2 positions for a next-token loss, got {}",
-            ls[1]
+            "input_ids must be [B, T], got {is:?}"
         )));
     }
-    Ok((ls, is))
+    check_int_kind(input_ids, "input_ids")?;
+    if is[1] < 2 {
+        return Err(Error::Input(format!(
+            "need at least 2 positions for a next-token loss, got {}",
+            is[1]
+        )));
+    }
+    Ok(is)
 }
 
 fn shifted_targets(
@@ -82,9 +94,19 @@ fn aligned_targets(
     input_ids: &Tensor,
     attention_mask: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
-    let (ls, is) = checked_shapes(logits, input_ids)?;
-    let (b, t, v) = (ls[0], ls[1], ls[2]);
-    let device = logits.device();
+    let (ls, _) = checked_shapes(logits, input_ids)?;
+    let targets = aligned_ids(input_ids, attention_mask, logits.device())?;
+    Ok((logits.reshape([-1, ls[2]]), targets))
+}
+
+/// The targets of [`aligned_targets`], on `device`.
+fn aligned_ids(
+    input_ids: &Tensor,
+    attention_mask: Option<&Tensor>,
+    device: tch::Device,
+) -> Result<Tensor> {
+    let is = checked_ids(input_ids)?;
+    let (b, t) = (is[0], is[1]);
     let ids = input_ids.to_device(device).to_kind(Kind::Int64);
     let ignore = Tensor::full([b, 1], -100i64, (Kind::Int64, device));
     let mut targets = Tensor::cat(&[ids.narrow(1, 1, t - 1), ignore], 1);
@@ -100,7 +122,7 @@ fn aligned_targets(
         let keep = Tensor::cat(&[pair, Tensor::zeros([b, 1], (Kind::Bool, device))], 1);
         targets = targets.where_self(&keep, &Tensor::from(-100i64).to_device(device));
     }
-    Ok((logits.reshape([-1, v]), targets.reshape([-1])))
+    Ok(targets.reshape([-1]))
 }
 
 /// Mean shifted next-token cross-entropy over counted targets (see
@@ -127,16 +149,7 @@ pub fn causal_lm_loss(
 /// int64 with `ids[:, t+1]` at position `t` and -100 (ignored) at the last position
 /// and where `attention_mask` drops a pair (see [`causal_lm_loss_sum`]).
 pub fn next_token_targets(input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
-    let is = input_ids.size();
-    if is.len() != 2 || is[1] < 2 {
-        return Err(Error::Input(format!(
-            "input_ids must be [B, T] with at least 2 positions, got {is:?}"
-        )));
-    }
-    // The logits only give their shape to the shared checks: a [B, T, 1] view.
-    let shape_only =
-        Tensor::zeros([1], (Kind::Float, input_ids.device())).expand([is[0], is[1], 1], false);
-    Ok(aligned_targets(&shape_only, input_ids, attention_mask)?.1)
+    aligned_ids(input_ids, attention_mask, input_ids.device())
 }
 
 /// [`causal_lm_loss`] of `model`'s LM head applied to `hidden` `[B, T, n_embd]` (the
