@@ -3,13 +3,15 @@
 # cross-entropy"), in one call: the CUDA tests of the kernels, then `mome bench train`
 # of each config of CONFIGS with every `--linear-ce` of MODES (same process binary,
 # same card), then, while BUDGET_S lasts, the compiled PyTorch reference of each config
-# of COMPILED. Every JSON line goes to $OUT/bench.jsonl, the tests' output to
+# of COMPILED. KD_CONFIGS (default: the KD configs) get every `--linear-kd` of MODES
+# the same way (the student's head, CE and KD fused). Every JSON line goes to $OUT/bench.jsonl, the tests' output to
 # $OUT/cuda-tests.txt, stderr to $OUT/log.txt; $OUT/compare.md gets the ratio table.
 #
 #   MOME=.devbin/mome KERNEL_TESTS=.devbin/kernels OUT=/tmp/lce bash scripts/gpu-linear-ce.sh
 #
-# KERNEL_TESTS: mome-core's `kernels` test binary built with `--features cuda`
-# (`cargo test --release -p mome-core --features cuda --test kernels --no-run`).
+# KERNEL_TESTS: test binaries built with `--features cuda`, space-separated: mome-core's
+# `kernels` (`cargo test --release -p mome-core --features cuda --test kernels --no-run`)
+# and mome-distill's `linear_kd_cuda` (the same with `-p mome-distill`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MOME=${MOME:-.devbin/mome}
@@ -19,6 +21,7 @@ BUDGET_S=${BUDGET_S:-240}
 CONFIGS=${CONFIGS:-"student-3l moe-ce"}
 MODES=${MODES:-"fused reference chunked"}
 COMPILED=${COMPILED:-"student-3l"}
+KD_CONFIGS=${KD_CONFIGS-"kd-online-student-3l kd-cache-student-3l"}
 mkdir -p "$OUT"
 # shellcheck source=scripts/gpu-common.sh
 . scripts/gpu-common.sh
@@ -27,16 +30,25 @@ start=$(date +%s)
 left() { echo $((BUDGET_S - ($(date +%s) - start))); }
 { nvidia-smi -L || true; date -u; "$MOME" --version; } >"$OUT/log.txt" 2>&1
 : >"$OUT/bench.jsonl"
-if [ -n "${KERNEL_TESTS:-}" ]; then
-  "$KERNEL_TESTS" --test-threads 1 >"$OUT/cuda-tests.txt" 2>&1
-  echo "[gpu-linear-ce] CUDA tests: exit $? ($(grep -c '\.\.\. ok' "$OUT/cuda-tests.txt") ok)" | tee -a "$OUT/log.txt" >&2
-fi
+: >"$OUT/cuda-tests.txt"
+for tb in ${KERNEL_TESTS:-}; do
+  "$tb" --test-threads 1 >>"$OUT/cuda-tests.txt" 2>&1
+  echo "[gpu-linear-ce] CUDA tests $tb: exit $? ($(grep -c '\.\.\. ok' "$OUT/cuda-tests.txt") ok so far)" | tee -a "$OUT/log.txt" >&2
+done
 for c in $CONFIGS; do
   for m in $MODES; do
     t0=$(date +%s)
     "$MOME" bench train --config "configs/bench/$c.toml" --json --profile --linear-ce "$m" \
       2>>"$OUT/log.txt" | grep '^{' >>"$OUT/bench.jsonl"
     echo "[gpu-linear-ce] mome $c $m: exit ${PIPESTATUS[0]}, $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt" >&2
+  done
+done
+for c in $KD_CONFIGS; do
+  for m in $MODES; do
+    t0=$(date +%s)
+    "$MOME" bench train --config "configs/bench/$c.toml" --json --profile --linear-kd "$m" \
+      2>>"$OUT/log.txt" | grep '^{' >>"$OUT/bench.jsonl"
+    echo "[gpu-linear-ce] mome $c linear-kd $m: exit ${PIPESTATUS[0]}, $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt" >&2
   done
 done
 for c in $COMPILED; do
@@ -50,10 +62,10 @@ done
 "$PYTHON" - "$OUT/bench.jsonl" <<'EOF' | tee -a "$OUT/compare.md"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| config | implementation | linear_ce | tokens/s | ms/step | peak MiB | loss |")
-print("|---|---|---|---:|---:|---:|---:|")
+print("| config | implementation | linear_ce | linear_kd | tokens/s | ms/step | peak MiB | loss |")
+print("|---|---|---|---|---:|---:|---:|---:|")
 for r in rows:
-    print(f"| {r.get('config','?').split('/')[-1]} | {r.get('implementation','?')} | {r.get('linear_ce', r.get('mode', ''))} | "
+    print(f"| {r.get('config','?').split('/')[-1]} | {r.get('implementation','?')} | {r.get('linear_ce', r.get('mode', ''))} | {r.get('linear_kd') or ''} | "
           f"{r.get('tokens_per_second', 0):,.0f} | {1e3 * r.get('step_seconds', 0):.1f} | "
           f"{r.get('peak_gpu_memory_mib') or ''} | {r.get('final_loss', float('nan')):.4f} |")
 EOF

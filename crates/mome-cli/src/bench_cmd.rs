@@ -68,6 +68,10 @@ pub struct BenchTrainArgs {
     /// Override `[train.kernels] linear_ce`: auto, reference, chunked or fused.
     #[arg(long)]
     linear_ce: Option<LinearCeMode>,
+    /// Override `[train.kernels] linear_kd` (KD modes): auto, reference, chunked or
+    /// fused.
+    #[arg(long)]
+    linear_kd: Option<LinearCeMode>,
     /// Override `[train.kernels] ce_chunk` (positions per chunk; 0: about 256 MiB of
     /// logits).
     #[arg(long)]
@@ -96,6 +100,7 @@ pub fn run_bench_cmd(cmd: BenchCommand) -> Result<()> {
         device: a.device,
         adamw: a.adamw,
         linear_ce: a.linear_ce,
+        linear_kd: a.linear_kd,
         ce_chunk: a.ce_chunk,
         peak_flops: a.peak_flops,
     };

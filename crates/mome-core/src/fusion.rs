@@ -19,7 +19,9 @@ use tch::{Device, Kind};
 
 use crate::{Error, Result};
 
-/// How the LM head and its cross-entropy run ([`crate::linear_ce`]).
+/// How an LM head and its loss run: `linear_ce` (the head and its cross-entropy,
+/// [`crate::linear_ce`]) and `linear_kd` (a student's head with its cross-entropy
+/// and KD loss, mome-distill's `linear_kd`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LinearCeMode {
@@ -66,10 +68,15 @@ pub enum LinearCe {
 }
 
 impl LinearCeMode {
-    /// The path on `device` with matmuls in `compute`. `fused` off CUDA, with a
-    /// compute kind other than bf16 / fp32, or when NVRTC cannot be loaded, is an
-    /// error that says why.
+    /// The path of `linear_ce` on `device` with matmuls in `compute`. `fused` off
+    /// CUDA, with a compute kind other than bf16 / fp32, or when NVRTC cannot be
+    /// loaded, is an error that says why.
     pub fn resolve(self, device: Device, compute: Kind) -> Result<LinearCe> {
+        self.resolve_key("linear_ce", device, compute)
+    }
+
+    /// [`Self::resolve`] for the config key `key` (named in the errors).
+    pub fn resolve_key(self, key: &str, device: Device, compute: Kind) -> Result<LinearCe> {
         let kernel_kind = matches!(compute, Kind::BFloat16 | Kind::Float);
         match self {
             Self::Reference => Ok(LinearCe::Reference),
@@ -80,17 +87,17 @@ impl LinearCeMode {
             Self::Fused => {
                 if !device.is_cuda() {
                     return Err(Error::Config(format!(
-                        "kernels.linear_ce = \"fused\" needs a CUDA device (the run is on {device:?}); use \"chunked\" or \"reference\""
+                        "kernels.{key} = \"fused\" needs a CUDA device (the run is on {device:?}); use \"chunked\" or \"reference\""
                     )));
                 }
                 if !kernel_kind {
                     return Err(Error::Config(format!(
-                        "kernels.linear_ce = \"fused\" takes bf16 or fp32 compute, not {compute:?}"
+                        "kernels.{key} = \"fused\" takes bf16 or fp32 compute, not {compute:?}"
                     )));
                 }
                 crate::kernels::nvrtc_available().map_err(|why| {
                     Error::Config(format!(
-                        "kernels.linear_ce = \"fused\": {why} (\"chunked\" needs no NVRTC)"
+                        "kernels.{key} = \"fused\": {why} (\"chunked\" needs no NVRTC)"
                     ))
                 })?;
                 Ok(LinearCe::Fused)
@@ -110,7 +117,13 @@ pub const CE_CHUNK_BYTES: i64 = 256 << 20;
 pub struct KernelConfig {
     /// LM head + cross-entropy: `auto` (default), `reference`, `chunked` or `fused`.
     pub linear_ce: LinearCeMode,
-    /// Positions per chunk of the chunked and fused cross-entropy (0, the default:
+    /// A distilled student's LM head + cross-entropy + KD loss (`mome distill`):
+    /// `auto` (default), `reference` (full student logits, then the losses),
+    /// `chunked` (chunks of positions, gradients in the forward pass; an online
+    /// teacher's head is chunked too) or `fused` (`chunked` with mome's CUDA kernel
+    /// for the cross-entropy part).
+    pub linear_kd: LinearCeMode,
+    /// Positions per chunk of the chunked and fused `linear_ce` and `linear_kd` (0, the default:
     /// chunks of about [`CE_CHUNK_BYTES`] of logits).
     pub ce_chunk: usize,
 }

@@ -90,7 +90,7 @@ pub fn linear_cross_entropy(
     how: LinearCe,
     kernels: &KernelConfig,
 ) -> Result<Tensor> {
-    let (n, d, v) = input.shapes()?;
+    let (n, _, v) = input.shapes()?;
     let k = input.compute;
     if how == LinearCe::Reference {
         let logits =
@@ -105,57 +105,131 @@ pub fn linear_cross_entropy(
             .f_nll_loss::<Tensor>(input.targets, None, Reduction::Sum, IGNORE_INDEX)?;
         return Ok(sum / count);
     }
-    let device = input.hidden.device();
-    let need_h = input.hidden.requires_grad();
-    let need_w = input.weight.requires_grad();
     let count = input
         .targets
         .ne(IGNORE_INDEX)
         .sum(Kind::Float)
         .clamp_min(1.0);
     let scale = count.reciprocal().reshape([1]);
-    let h = in_kind(&input.hidden.detach(), k)?.contiguous();
-    let w = in_kind(&input.weight.detach(), k)?.contiguous();
     let targets = input.targets.contiguous();
-    let row_loss = Tensor::f_empty([n], (Kind::Float, device))?;
+    let row_loss = Tensor::f_empty([n], (Kind::Float, input.hidden.device()))?;
+    let head = LinearHead {
+        hidden: input.hidden,
+        weight: input.weight,
+        compute: k,
+    };
+    let chunk = kernels.ce_chunk_rows(n, v, k.elt_size_in_bytes() as i64);
+    let grads = linear_head_grads(&head, chunk, |start, z| {
+        let c = z.size()[0];
+        let tc = targets.narrow(0, start, c);
+        let lc = row_loss.narrow(0, start, c);
+        softmax_xent_grad(how, z, &tc, &scale, &lc)
+    })?;
+    let value = (row_loss.f_sum(Kind::Float)? * scale.reshape([])).detach();
+    Ok(value + grads)
+}
+
+/// The per-chunk softmax cross-entropy step of `how` in place on the logits `z`
+/// `[C, V]` (see [`softmax_xent_grad_reference`]): mome's CUDA kernel under
+/// [`LinearCe::Fused`], libtorch operators otherwise.
+pub fn softmax_xent_grad(
+    how: LinearCe,
+    z: &Tensor,
+    targets: &Tensor,
+    scale: &Tensor,
+    loss: &Tensor,
+) -> Result<()> {
+    match how {
+        LinearCe::Fused => crate::kernels::softmax_xent_grad(z, targets, scale, loss),
+        _ => softmax_xent_grad_reference(z, targets, scale, loss),
+    }
+}
+
+/// A linear head `hidden @ weightᵀ` whose loss is computed chunk by chunk
+/// ([`linear_head_grads`]).
+#[derive(Debug)]
+pub struct LinearHead<'a> {
+    /// Hidden states `[N, D]` (any float kind; differentiable).
+    pub hidden: &'a Tensor,
+    /// The head `[V, D]` (fp32 master weights or the compute kind; differentiable).
+    pub weight: &'a Tensor,
+    /// The kind of the matmuls and logits.
+    pub compute: Kind,
+}
+
+impl LinearHead<'_> {
+    /// `(N, D, V)`, or an error naming the shapes.
+    pub fn shapes(&self) -> Result<(i64, i64, i64)> {
+        let (hs, ws) = (self.hidden.size(), self.weight.size());
+        match (&hs[..], &ws[..]) {
+            ([n, d], [v, d2]) if d == d2 && *v > 0 => Ok((*n, *d, *v)),
+            _ => Err(Error::Config(format!(
+                "a linear head takes hidden [N, D] and weight [V, D]; got {hs:?}, {ws:?}"
+            ))),
+        }
+    }
+}
+
+/// The engine of every fused linear loss (cross-entropy here, KD in mome-distill):
+/// for each chunk of `chunk` rows, the logits `z = h·Wᵀ` `[C, V]` are made in the
+/// compute kind and handed to `step(start_row, &z)`, which must overwrite them *in
+/// place* with `dL/dz` for the caller's loss `L` (and record the loss value itself);
+/// `dL/dh = dz·W` and `dL/dW += dzᵀ·h` (fp32 accumulation) follow at once, so no more
+/// than one chunk of logits ever exists. Returns the surrogate
+/// `⟨h, dL/dh⟩ + ⟨W, dL/dW⟩ − (the same, detached)`: its value is 0, its gradients
+/// are exactly those (times the upstream gradient). Add it to the loss value. When
+/// neither `hidden` nor `weight` requires grad, `step` still runs (it computes the
+/// values) and the result is a zero.
+pub fn linear_head_grads<E: From<Error>>(
+    head: &LinearHead<'_>,
+    chunk: i64,
+    mut step: impl FnMut(i64, &Tensor) -> std::result::Result<(), E>,
+) -> std::result::Result<Tensor, E> {
+    let (n, d, v) = head.shapes()?;
+    let k = head.compute;
+    let device = head.hidden.device();
+    let need_h = head.hidden.requires_grad();
+    let need_w = head.weight.requires_grad();
+    let h = in_kind(&head.hidden.detach(), k)?.contiguous();
+    let w = in_kind(&head.weight.detach(), k)?.contiguous();
     let gh = need_h
         .then(|| Tensor::f_empty([n, d], (k, device)))
-        .transpose()?;
+        .transpose()
+        .map_err(tch_err)?;
     let gw = need_w
         .then(|| Tensor::f_zeros([v, d], (Kind::Float, device)))
-        .transpose()?;
+        .transpose()
+        .map_err(tch_err)?;
     // cuBLAS adds a bf16/fp16 product straight into the fp32 accumulator.
     let fp32_accumulate = device.is_cuda() && matches!(k, Kind::BFloat16 | Kind::Half);
-    let chunk = kernels.ce_chunk_rows(n, v, k.elt_size_in_bytes() as i64);
-    let _guard = tch::no_grad_guard();
+    let chunk = chunk.clamp(1, n.max(1));
+    let guard = tch::no_grad_guard();
     let mut start = 0;
     while start < n {
         let c = chunk.min(n - start);
         let hc = h.narrow(0, start, c);
-        let z = hc.f_mm(&w.tr())?;
-        let tc = targets.narrow(0, start, c);
-        let lc = row_loss.narrow(0, start, c);
-        match how {
-            LinearCe::Fused => crate::kernels::softmax_xent_grad(&z, &tc, &scale, &lc)?,
-            _ => softmax_xent_grad_reference(&z, &tc, &scale, &lc)?,
-        }
+        let z = hc.f_mm(&w.tr()).map_err(tch_err)?;
+        step(start, &z)?;
         if let Some(gh) = &gh {
-            let _ = z.f_mm_out(&gh.narrow(0, start, c), &w)?;
+            let _ = z.f_mm_out(&gh.narrow(0, start, c), &w).map_err(tch_err)?;
         }
         if let Some(gw) = &gw {
             let mut gw = gw.shallow_clone();
-            if k == Kind::Float {
-                let _ = gw.f_addmm_(&z.tr(), &hc)?;
+            let r = if k == Kind::Float {
+                gw.f_addmm_(&z.tr(), &hc)
             } else if fp32_accumulate {
-                let _ = gw.f_addmm_dtype_out(&gw, &z.tr(), &hc, Kind::Float)?;
+                gw.f_addmm_dtype_out(&gw, &z.tr(), &hc, Kind::Float)
             } else {
-                let _ = gw.f_add_(&z.tr().f_mm(&hc)?.f_to_kind(Kind::Float)?)?;
-            }
+                z.tr()
+                    .f_mm(&hc)
+                    .and_then(|p| p.f_to_kind(Kind::Float))
+                    .and_then(|p| gw.f_add_(&p))
+            };
+            let _ = r.map_err(tch_err)?;
         }
         start += c;
     }
-    drop(_guard);
-    let value = (row_loss.f_sum(Kind::Float)? * scale.reshape([])).detach();
+    drop(guard);
     let mut surrogate: Option<Tensor> = None;
     let mut add = |t: Tensor| {
         surrogate = Some(match surrogate.take() {
@@ -164,16 +238,24 @@ pub fn linear_cross_entropy(
         })
     };
     if let Some(gh) = gh {
-        add((input.hidden * in_kind(&gh, input.hidden.kind())?).f_sum(Kind::Float)?);
+        add((head.hidden * in_kind(&gh, head.hidden.kind())?)
+            .f_sum(Kind::Float)
+            .map_err(tch_err)?);
     }
     if let Some(gw) = gw {
-        add((input.weight * in_kind(&gw, input.weight.kind())?).f_sum(Kind::Float)?);
+        add((head.weight * in_kind(&gw, head.weight.kind())?)
+            .f_sum(Kind::Float)
+            .map_err(tch_err)?);
     }
     Ok(match surrogate {
-        // value + (s - s): the value exactly, the gradients of s.
-        Some(s) => value + (&s - s.detach()),
-        None => value,
+        // s - s: zero, with the gradients of s.
+        Some(s) => &s - s.detach(),
+        None => Tensor::f_zeros([], (Kind::Float, device)).map_err(tch_err)?,
     })
+}
+
+fn tch_err<E: From<Error>>(e: tch::TchError) -> E {
+    E::from(Error::from(e))
 }
 
 /// The reference of the fused kernel, in place on one chunk `z` `[C, V]`: writes

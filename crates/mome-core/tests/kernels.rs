@@ -2,7 +2,8 @@
 //! needs no GPU), and, with `--features cuda` on a GPU, each fused path agrees with its
 //! plain-libtorch reference in values and gradients, for fp32 and bf16.
 
-use mome_core::kernels::{compile_check, SOURCES};
+use mome_core::kernels::{compile_check, kd_xent_grad_reference, KdXent, SoftTarget, SOURCES};
+use tch::{Device, Kind, Tensor};
 
 #[test]
 fn nvrtc_compiles_every_kernel_for_ampere_and_hopper() {
@@ -17,8 +18,61 @@ fn nvrtc_compiles_every_kernel_for_ampere_and_hopper() {
     }
 }
 
+/// The KD kernel's reference equals autograd of `scale[0] Σ CE + scale[1] T Σ D`
+/// (its gradient w.r.t. the student logits is `scale[0] (softmax − onehot) +
+/// scale[1] (q − p)`), with the row values `CE` and `T² D`.
+#[test]
+fn kd_reference_matches_autograd() {
+    tch::manual_seed(5);
+    let o = (Kind::Float, Device::Cpu);
+    let (n, v, temp) = (6, 37, 2.0f64);
+    let z0 = Tensor::randn([n, v], o) * 2.0;
+    let zt = Tensor::randn([n, v], o) * 2.0;
+    let t = Tensor::from_slice(&[3i64, -100, 0, 36, 5, -100]);
+    let (s0, s1) = (0.3f64, 0.7f64);
+    for target in [SoftTarget::ForwardKl, SoftTarget::TeacherWeightedCe] {
+        let z = z0.copy().set_requires_grad(true);
+        let ce_rows = z
+            .log_softmax(-1, Kind::Float)
+            .f_nll_loss::<Tensor>(&t, None, tch::Reduction::None, -100)
+            .unwrap();
+        let s = (&z / temp).log_softmax(-1, Kind::Float);
+        let lp = (&zt / temp).log_softmax(-1, Kind::Float);
+        let p = lp.exp();
+        let d = match target {
+            SoftTarget::ForwardKl => {
+                (&p * (&lp - &s)).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
+            }
+            SoftTarget::TeacherWeightedCe => {
+                -(&p * &s).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
+            }
+        };
+        let loss = ce_rows.sum(Kind::Float) * s0 + d.sum(Kind::Float) * (s1 * temp);
+        loss.backward();
+        let zr = z0.copy();
+        let (ce, kd) = (Tensor::zeros([n], o), Tensor::zeros([n], o));
+        kd_xent_grad_reference(&KdXent {
+            z: &zr,
+            teacher: &zt,
+            targets: &t,
+            scale: &Tensor::from_slice(&[s0 as f32, s1 as f32]),
+            ce: &ce,
+            kd: &kd,
+            inv_t: (1.0 / temp) as f32,
+            t2: (temp * temp) as f32,
+            target,
+        })
+        .unwrap();
+        let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+        assert!(diff(&zr, &z.grad()) < 1e-5, "{target:?} gradient");
+        assert!(diff(&ce, &ce_rows) < 1e-5, "{target:?} CE rows");
+        assert!(diff(&kd, &(d * (temp * temp))) < 1e-5, "{target:?} KD rows");
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
+    use super::SoftTarget;
     use mome_core::fusion::{KernelConfig, LinearCe};
     use mome_core::linear_ce::{linear_cross_entropy, LinearCrossEntropy, IGNORE_INDEX};
     use tch::{Device, Kind, Tensor};
@@ -62,6 +116,54 @@ mod cuda {
         // bf16 gradients: both round the same fp32 value; fast exp may move one ulp.
         let rel = if kind == Kind::Float { 1e-5 } else { 1e-2 };
         close(&zk, &zr, rel, 1e-7, &format!("{kind:?} V={v} gradients"));
+    }
+
+    fn kd_kernel_vs_reference(kind: Kind, n: i64, v: i64, target: SoftTarget) {
+        use mome_core::kernels::{kd_xent_grad, kd_xent_grad_reference, KdXent};
+        tch::manual_seed(11);
+        let z = (Tensor::randn([n, v], (Kind::Float, DEV)) * 3.0).to_kind(kind);
+        let zt = (Tensor::randn([n, v], (Kind::Float, DEV)) * 3.0).to_kind(kind);
+        let t = targets(n, v);
+        let scale = Tensor::from_slice(&[0.37f32, 0.05]).to_device(DEV);
+        let run = |fused: bool| {
+            let zc = z.copy();
+            let ce = Tensor::zeros([n], (Kind::Float, DEV));
+            let kd = Tensor::zeros([n], (Kind::Float, DEV));
+            let x = KdXent {
+                z: &zc,
+                teacher: &zt,
+                targets: &t,
+                scale: &scale,
+                ce: &ce,
+                kd: &kd,
+                inv_t: 0.5,
+                t2: 4.0,
+                target,
+            };
+            if fused {
+                kd_xent_grad(&x).unwrap();
+            } else {
+                kd_xent_grad_reference(&x).unwrap();
+            }
+            (zc, ce, kd)
+        };
+        let (gk, cek, kdk) = run(true);
+        let (gr, cer, kdr) = run(false);
+        let what = format!("{kind:?} V={v} {target:?}");
+        close(&cek, &cer, 1e-5, 1e-5, &format!("{what} CE rows"));
+        close(&kdk, &kdr, 1e-4, 1e-5, &format!("{what} KD rows"));
+        let rel = if kind == Kind::Float { 1e-5 } else { 1e-2 };
+        close(&gk, &gr, rel, 1e-7, &format!("{what} gradients"));
+    }
+
+    #[test]
+    fn kd_kernel_matches_reference_fp32_and_bf16() {
+        for kind in [Kind::Float, Kind::BFloat16] {
+            for target in [SoftTarget::ForwardKl, SoftTarget::TeacherWeightedCe] {
+                kd_kernel_vs_reference(kind, 67, 32_000, target);
+                kd_kernel_vs_reference(kind, 33, 1001, target);
+            }
+        }
     }
 
     #[test]

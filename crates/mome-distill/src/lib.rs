@@ -5,6 +5,8 @@
 //!   teacher, fp32 and NaN-free with -inf logits;
 //! - [`strategy`]: how CE and KD are weighted ([`strategy::WeightStrategy`]: fixed,
 //!   adaptive as in the research code with guards, alternating);
+//! - [`linear_kd`]: the student's LM head, CE and KD loss fused chunk by chunk
+//!   (never the full `[B, T, V]` logits; `[train.kernels] linear_kd`);
 //! - [`objective`]: [`KdTerm`], the `alpha * CE + beta * KD` of one micro-batch,
 //!   shared by distillation and MoE training, and [`DistillObjective`];
 //! - [`trainer`]: the `mome distill` job ([`DistillParams`] → [`DistillJob`] →
@@ -30,6 +32,7 @@
 pub mod cache;
 pub mod error;
 pub mod experiment;
+pub mod linear_kd;
 pub mod losses;
 pub mod objective;
 pub mod strategy;

@@ -122,7 +122,7 @@ pub struct KdOutput {
 }
 
 /// `(student log-probs, teacher log-probs)` over the same buckets, fp32.
-fn bucket_logprobs(
+pub(crate) fn bucket_logprobs(
     student_logits: &Tensor,
     teacher: Teacher<'_>,
     temperature: f64,
@@ -475,6 +475,62 @@ fn analytic_chunk(
     }
 }
 
+/// `1/T` as a one-element fp32 tensor on `device` (see `scaled_f32`).
+pub(crate) fn inv_temperature(temperature: f64, device: tch::Device) -> Result<Tensor> {
+    Ok(Tensor::f_from_slice(&[(1.0 / temperature) as f32])?.f_to_device(device)?)
+}
+
+/// One chunk of a KD loss, for [`kd_chunk_grad`].
+pub(crate) struct KdChunk<'a> {
+    pub kind: KdLoss,
+    /// The (detached) student logits of the chunk, `[B, L, V]`, any float kind.
+    pub logits: &'a Tensor,
+    /// The teacher restricted to the same positions.
+    pub teacher: Teacher<'a>,
+    pub temperature: f64,
+    /// [`inv_temperature`].
+    pub inv_t: &'a Tensor,
+    /// `[B, L]` bool, or every position.
+    pub mask: Option<&'a Tensor>,
+}
+
+/// The per-position KD loss of one chunk (`T^2 D`, `[B, L]` fp32, 0 where masked),
+/// writing `factor · ∂(Σ T^2 D)/∂z` into `dst` (the chunk's gradient buffer, in its
+/// kind; `factor` a one-element fp32 tensor, e.g. `weight / tokens`): in closed form
+/// (`analytic_chunk`) for every kind but dense Jensen-Shannon, which autograd does
+/// over the fp32 chunk.
+pub(crate) fn kd_chunk_grad(c: &KdChunk<'_>, factor: &Tensor, dst: &Tensor) -> Result<Tensor> {
+    let t2 = c.temperature * c.temperature;
+    // ∂(T^2 D)/∂z = T ∂D/∂(z/T): the closed forms take `factor · T`.
+    let gscale = factor.f_mul_scalar(c.temperature)?;
+    if let Some(per) = analytic_chunk(c.kind, c.logits, c.teacher, c.inv_t, &gscale, c.mask, dst)? {
+        let per = per.f_mul_scalar(t2)?;
+        return match c.mask {
+            Some(m) => keep(&per, m),
+            None => Ok(per),
+        };
+    }
+    let s = c
+        .logits
+        .f_to_kind(Kind::Float)?
+        .f_detach()?
+        .set_requires_grad(true);
+    tch::with_grad(|| -> Result<Tensor> {
+        let (sl, tl) = bucket_logprobs(&s, c.teacher, c.temperature)?;
+        let mut per = divergence(c.kind, &sl, &tl)?.f_mul_scalar(t2)?;
+        if let Some(m) = c.mask {
+            per = keep(&per, m)?;
+        }
+        let total = per.f_sum(Kind::Float)?;
+        let gs = Tensor::f_run_backward(&[&total], &[&s], false, false)?;
+        // Scaled in fp32 before the one cast to the logits' kind (what autograd's
+        // cast back through `to_kind` does).
+        let mut dst = dst.shallow_clone();
+        dst.f_copy_(&gs[0].f_mul(factor)?)?;
+        Ok(per.f_detach()?)
+    })
+}
+
 /// [`kd_loss`] computed `chunk` positions at a time, with the same value, per-position
 /// values and gradient, but bounded memory: the fp32 `[B, chunk, V]` temporaries
 /// (log-softmaxes, probabilities, products; several per KD kind) exist for one chunk
@@ -554,65 +610,41 @@ pub fn kd_loss_chunked(
     } else {
         None
     };
-    let t2 = temperature * temperature;
     let denom = tokens.f_clamp_min(1.0)?;
-    // The closed-form gradients' factor T / tokens, and 1/T as a one-element fp32
-    // tensor (see `scaled_f32`).
-    let gscale = denom.f_reciprocal()?.f_mul_scalar(temperature)?;
-    let inv_t = Tensor::f_from_slice(&[(1.0 / temperature) as f32])?
-        .f_to_device(student_logits.device())?;
+    let factor = denom.f_reciprocal()?;
+    let inv_t = inv_temperature(temperature, student_logits.device())?;
     let mut per_chunks = Vec::new();
     let mut start = 0;
     while start < t_len {
         let len = chunk.min(t_len - start);
         let tc = TeacherChunk::of(teacher, start, len)?;
-        if let (true, Some(g)) = (analytic, &grad) {
-            let zc = detached.f_narrow(1, start, len)?;
-            let mc = match &mb {
-                Some(m) => Some(m.f_narrow(1, start, len)?),
-                None => None,
-            };
-            let dst = g.f_narrow(1, start, len)?;
-            let done = analytic_chunk(
-                kind,
-                &zc,
-                tc.as_teacher(),
-                &inv_t,
-                &gscale,
-                mc.as_ref(),
-                &dst,
-            )?;
-            if let Some(per) = done {
-                let mut per = per.f_mul_scalar(t2)?;
-                if let Some(m) = &mc {
-                    per = keep(&per, m)?;
+        let zc = detached.f_narrow(1, start, len)?;
+        let mc = match &mb {
+            Some(m) => Some(m.f_narrow(1, start, len)?),
+            None => None,
+        };
+        let per = match &grad {
+            Some(g) => kd_chunk_grad(
+                &KdChunk {
+                    kind,
+                    logits: &zc,
+                    teacher: tc.as_teacher(),
+                    temperature,
+                    inv_t: &inv_t,
+                    mask: mc.as_ref(),
+                },
+                &factor,
+                &g.f_narrow(1, start, len)?,
+            )?,
+            None => {
+                let (sl, tl) = bucket_logprobs(&zc, tc.as_teacher(), temperature)?;
+                let per = divergence(kind, &sl, &tl)?.f_mul_scalar(temperature * temperature)?;
+                match &mc {
+                    Some(m) => keep(&per, m)?,
+                    None => per,
                 }
-                per_chunks.push(per);
-                start += len;
-                continue;
             }
-        }
-        let s = detached
-            .f_narrow(1, start, len)?
-            .f_to_kind(Kind::Float)?
-            .f_detach()?
-            .set_requires_grad(want_grad);
-        let per = tch::with_grad(|| -> Result<Tensor> {
-            let (sl, tl) = bucket_logprobs(&s, tc.as_teacher(), temperature)?;
-            let mut per = divergence(kind, &sl, &tl)?.f_mul_scalar(t2)?;
-            if let Some(m) = &mb {
-                per = keep(&per, &m.f_narrow(1, start, len)?)?;
-            }
-            if let Some(g) = &grad {
-                let total = per.f_sum(Kind::Float)?;
-                let gs = Tensor::f_run_backward(&[&total], &[&s], false, false)?;
-                // Scaled by 1/tokens in fp32 before the one cast to the logits' kind
-                // (what autograd's cast back through `to_kind` does).
-                let mut dst = g.f_narrow(1, start, len)?;
-                dst.f_copy_(&gs[0].f_div(&denom)?)?;
-            }
-            Ok(per.f_detach()?)
-        })?;
+        };
         per_chunks.push(per);
         start += len;
     }

@@ -28,13 +28,16 @@ use std::sync::Arc;
 
 use mome_core::data::PrefetchHook;
 use mome_core::dist::{mean_to_host, GroupHandle};
+use mome_core::fusion::{KernelConfig, LinearCe};
+use mome_core::linear_ce::{linear_cross_entropy, LinearCrossEntropy};
 use mome_core::metrics::MetricsWriter;
 use mome_core::trainer::{Batch, Objective, RunContext, StepInfo};
 use mome_core::Profiler;
-use mome_experts::{causal_lm_loss, Gpt2Input, Gpt2LmHeadModel};
-use tch::{nn, Device, Tensor};
+use mome_experts::{causal_lm_loss, next_token_targets, Gpt2Input, Gpt2LmHeadModel};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::cache::TeacherCache;
+use crate::linear_kd::{linear_kd_loss, HeadTeacher, KdWeights, LinearKd};
 use crate::losses::{kd_loss, kd_loss_chunked, SparseTeacher, Teacher};
 use crate::strategy::WeightStrategy;
 use crate::trainer::{strategy_history, DistillSettings, DISTILL_METRICS};
@@ -118,6 +121,32 @@ impl TeacherModel {
     }
 }
 
+/// A teacher cache's rows of `batch` (read by [`KdTerm::cache_hook`]).
+fn cache_rows(batch: &Batch, cache: &TeacherCache) -> Result<SparseTeacher> {
+    let [tid, tlp] = batch.aux.as_slice() else {
+        return Err(Error::Config(format!(
+            "internal: the batch carries {} side tensors, not the teacher cache's rows (ids, log-probabilities); build the source with KdTerm::cache_hook",
+            batch.aux.len()
+        )));
+    };
+    Ok(SparseTeacher {
+        ids: tid.shallow_clone(),
+        logprobs: tlp.shallow_clone(),
+        vocab_size: cache.manifest().vocab_size as i64,
+    })
+}
+
+/// A student given by its head, for [`KdTerm::loss_head`].
+#[derive(Debug, Clone, Copy)]
+pub struct StudentHead<'a> {
+    /// The last hidden state `[B, T, D]` (differentiable).
+    pub hidden: &'a Tensor,
+    /// The LM head `[V, D]` (differentiable).
+    pub weight: &'a Tensor,
+    /// The kind of the head's matmul.
+    pub compute: Kind,
+}
+
 struct Pending {
     step: u64,
     micro: u64,
@@ -134,6 +163,9 @@ pub struct KdTerm {
     settings: DistillSettings,
     /// Positions per KD chunk (`None`: the whole sequence at once).
     chunk: Option<i64>,
+    /// The path of a student given by its head ([`KdTerm::loss_head`]).
+    linear_kd: LinearCe,
+    kernels: KernelConfig,
     strategy: Option<Box<dyn WeightStrategy>>,
     writer: Option<MetricsWriter>,
     group: Option<GroupHandle>,
@@ -146,6 +178,7 @@ impl std::fmt::Debug for KdTerm {
             .field("teacher", &self.teacher)
             .field("settings", &self.settings)
             .field("chunk", &self.chunk)
+            .field("linear_kd", &self.linear_kd)
             .finish()
     }
 }
@@ -156,6 +189,8 @@ impl KdTerm {
     pub fn new(teacher: TeacherModel, settings: &DistillSettings, device: Device) -> Self {
         Self {
             chunk: settings.chunk_on(device),
+            linear_kd: LinearCe::Reference,
+            kernels: KernelConfig::default(),
             teacher,
             settings: settings.clone(),
             strategy: None,
@@ -163,6 +198,27 @@ impl KdTerm {
             group: None,
             pending: Vec::new(),
         }
+    }
+
+    /// The term with the run's `[train.kernels]`: `linear_kd` resolved for the
+    /// student's `device` and `compute` kind (an unusable `fused` is an error here,
+    /// before training); see [`KdTerm::loss_head`].
+    pub fn with_kernels(
+        mut self,
+        kernels: &KernelConfig,
+        device: Device,
+        compute: Kind,
+    ) -> Result<Self> {
+        self.linear_kd = kernels
+            .linear_kd
+            .resolve_key("linear_kd", device, compute)?;
+        self.kernels = *kernels;
+        Ok(self)
+    }
+
+    /// The path of [`KdTerm::loss_head`] (`[train.kernels] linear_kd`, resolved).
+    pub fn linear_kd(&self) -> LinearCe {
+        self.linear_kd
     }
 
     /// The settings.
@@ -291,17 +347,7 @@ impl KdTerm {
                     kd_of(Teacher::Logits(&t))?
                 }
                 TeacherModel::Cache { cache, .. } => {
-                    let [tid, tlp] = batch.aux.as_slice() else {
-                        return Err(Error::Config(format!(
-                            "internal: the batch carries {} side tensors, not the teacher cache's rows (ids, log-probabilities); build the source with KdTerm::cache_hook",
-                            batch.aux.len()
-                        )));
-                    };
-                    let sp = SparseTeacher {
-                        ids: tid.shallow_clone(),
-                        logprobs: tlp.shallow_clone(),
-                        vocab_size: cache.manifest().vocab_size as i64,
-                    };
+                    let sp = cache_rows(batch, cache)?;
                     kd_of(Teacher::TopK(&sp))?
                 }
             };
@@ -342,6 +388,123 @@ impl KdTerm {
             kd: kd.as_ref().map(|k| k.f_detach()).transpose()?,
         });
         Ok(loss)
+    }
+
+    /// The loss of one micro-batch of a student given by its last hidden state
+    /// `hidden` `[B, T, D]` and LM head `weight` `[V, D]` (matmuls in `compute`), by
+    /// the path [`KdTerm::linear_kd`]: with [`LinearCe::Reference`] exactly
+    /// [`KdTerm::loss`] of the head's logits; with the chunked and fused paths
+    /// ([`crate::linear_kd`]) neither the student's nor an online teacher's
+    /// `[B, T, V]` logits are made.
+    pub fn loss_head(
+        &mut self,
+        student: StudentHead<'_>,
+        batch: &Batch,
+        at: StepInfo,
+        domain: Option<usize>,
+        prof: &mut Profiler,
+    ) -> Result<Tensor> {
+        let how = self.linear_kd;
+        if how == LinearCe::Reference {
+            let k = student.compute;
+            let logits = student
+                .hidden
+                .f_to_kind(k)?
+                .f_linear::<Tensor>(&student.weight.f_to_kind(k)?, None)?;
+            return self.loss(&logits, batch, at, domain, prof);
+        }
+        let strategy = self.strategy.as_mut().ok_or_else(|| {
+            Error::Config("internal: KdTerm::loss before begin (train it with a Trainer)".into())
+        })?;
+        let ids = &batch.ids;
+        let planned =
+            (!strategy.needs_losses()).then(|| strategy.weights(at.step, f64::NAN, f64::NAN));
+        if let Some((alpha, 0.0)) = planned {
+            // CE only: the teacher is not run.
+            let hs = student.hidden.size();
+            let h = student.hidden.f_reshape([-1, *hs.last().unwrap_or(&0)])?;
+            let targets = next_token_targets(ids, None)?.f_reshape([-1])?;
+            let ce = linear_cross_entropy(
+                &LinearCrossEntropy {
+                    hidden: &h,
+                    weight: student.weight,
+                    targets: &targets,
+                    compute: student.compute,
+                },
+                how,
+                &self.kernels,
+            )?;
+            prof.mark("loss");
+            self.pending.push(Pending {
+                step: at.step,
+                micro: at.micro,
+                domain,
+                alpha,
+                beta: 0.0,
+                ce: ce.f_detach()?,
+                kd: None,
+            });
+            return Ok(ce.f_mul_scalar(alpha)?);
+        }
+        let teacher_hidden;
+        let sparse;
+        let teacher = match &self.teacher {
+            TeacherModel::None => {
+                return Err(Error::Config(
+                    "the strategy needs a KD term but no teacher is configured".into(),
+                ))
+            }
+            TeacherModel::Online { model, .. } => {
+                teacher_hidden = tch::no_grad(|| {
+                    model
+                        .transformer()
+                        .forward(Gpt2Input::ids(ids).trusted_ids(true))
+                })?
+                .last_hidden_state;
+                prof.mark("teacher_forward");
+                HeadTeacher::Head {
+                    hidden: &teacher_hidden,
+                    weight: model.lm_head_weight(),
+                    compute: model.compute_kind(),
+                }
+            }
+            TeacherModel::Cache { cache, .. } => {
+                sparse = cache_rows(batch, cache)?;
+                HeadTeacher::TopK(&sparse)
+            }
+        };
+        let input = LinearKd {
+            hidden: student.hidden,
+            weight: student.weight,
+            compute: student.compute,
+            input_ids: ids,
+            teacher,
+            loss: self.settings.loss,
+            temperature: self.settings.temperature,
+        };
+        let group = self.group.clone();
+        let mut from_losses = |ce: &Tensor, kd: &Tensor| -> Result<(f64, f64)> {
+            // The global batch's losses: the same weights on every rank.
+            let both = Tensor::f_stack(&[ce.shallow_clone(), kd.shallow_clone()], 0)?;
+            let v = mean_to_host(&both, group.as_ref())?;
+            Ok(strategy.weights(at.step, v[0], v[1]))
+        };
+        let weights = match planned {
+            Some((alpha, beta)) => KdWeights::Fixed { alpha, beta },
+            None => KdWeights::FromLosses(&mut from_losses),
+        };
+        let out = linear_kd_loss(&input, weights, how, &self.kernels)?;
+        prof.mark("loss");
+        self.pending.push(Pending {
+            step: at.step,
+            micro: at.micro,
+            domain,
+            alpha: out.alpha,
+            beta: out.beta,
+            ce: out.ce,
+            kd: Some(out.kd),
+        });
+        Ok(out.loss)
     }
 
     /// After optimizer step `step`: at the trainer's sync steps, the pending metrics
@@ -412,11 +575,20 @@ impl Objective for DistillObjective<'_> {
         self.kd.begin(ctx)
     }
     fn loss(&mut self, batch: &Batch, at: StepInfo, prof: &mut Profiler) -> Result<Tensor> {
-        let out = self
-            .student
-            .forward_compute_logits(Gpt2Input::ids(&batch.ids).train(true).trusted_ids(true))?;
+        let input = Gpt2Input::ids(&batch.ids).train(true).trusted_ids(true);
+        if self.kd.linear_kd() == LinearCe::Reference {
+            let out = self.student.forward_compute_logits(input)?;
+            prof.mark("forward");
+            return self.kd.loss(&out.logits, batch, at, None, prof);
+        }
+        let out = self.student.transformer().forward(input)?;
         prof.mark("forward");
-        self.kd.loss(&out.logits, batch, at, None, prof)
+        let head = StudentHead {
+            hidden: &out.last_hidden_state,
+            weight: self.student.lm_head_weight(),
+            compute: self.student.compute_kind(),
+        };
+        self.kd.loss_head(head, batch, at, None, prof)
     }
     fn end_step(&mut self, step: u64, sync: bool) -> Result<()> {
         self.kd.end_step(step, sync)

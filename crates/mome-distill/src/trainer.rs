@@ -404,7 +404,11 @@ fn run_distill_inner(
     let has_validation = eval_shards.splits().iter().any(|s| s == "validation");
     let teacher = p.teacher.load(job.device, p.train.precision)?;
     let (vs, student) = seeded_model(&job.student, job.device, &p.train)?;
-    let kd = KdTerm::new(teacher, &p.distill, job.device);
+    let kd = KdTerm::new(teacher, &p.distill, job.device).with_kernels(
+        &p.train.kernels,
+        job.device,
+        student.compute_kind(),
+    )?;
     let mut source = p.data.source(
         shards,
         "train",
@@ -496,6 +500,8 @@ pub struct DistillBench {
     pub distill: DistillSettings,
     /// Whether an online teacher ran in bf16.
     pub teacher_bf16: bool,
+    /// The path of the student's head and losses (`[train.kernels] linear_kd`).
+    pub linear_kd: mome_core::fusion::LinearCe,
 }
 
 /// Times [`run_distill`]'s step (same student, [`KdTerm`], objective and trainer
@@ -546,7 +552,12 @@ pub fn bench_distill(
         let teacher_flops = teacher_model.forward_flops_per_token(seq_len as i64);
         let teacher_bf16 = teacher_model.is_bf16();
         let (vs, student) = seeded_model(&job.student, device, &p.train)?;
-        let kd = KdTerm::new(teacher_model, &p.distill, device);
+        let kd = KdTerm::new(teacher_model, &p.distill, device).with_kernels(
+            &p.train.kernels,
+            device,
+            student.compute_kind(),
+        )?;
+        let linear_kd = kd.linear_kd();
         let mut distill = p.distill.clone();
         distill.kd_chunk = Some(kd.chunk().unwrap_or(0) as usize);
         let mut source = prefetched(
@@ -572,6 +583,7 @@ pub fn bench_distill(
             flops_per_token: student.train_flops_per_token(seq_len as i64) + teacher_flops,
             distill,
             teacher_bf16,
+            linear_kd,
         })
     })();
     if let Some(dir) = cache_dir {

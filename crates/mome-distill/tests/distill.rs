@@ -235,3 +235,56 @@ fn the_frozen_teacher_follows_the_run_precision() {
         );
     }
 }
+
+/// `[train.kernels] linear_kd = "chunked"` (the student's head, CE and KD in chunks,
+/// the online teacher's head chunked too) trains like the reference path: the same
+/// CE, KD and adaptive weights at every step, within float rounding.
+#[test]
+fn chunked_linear_kd_trains_like_the_reference() {
+    use mome_core::fusion::LinearCeMode;
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    let shards = make_shards(&root.path().join("shards"), 5, 48);
+    let teacher = train_teacher(root.path(), &shards, 10);
+    let run = |dir: &str, mode: LinearCeMode| {
+        let mut t = train_cfg(6, 5e-3, 1);
+        t.kernels.linear_kd = mode;
+        t.kernels.ce_chunk = 20;
+        let j = job(
+            &root.path().join(dir),
+            &shards,
+            model(1, 16, 2),
+            TeacherSection {
+                dir: Some(teacher.clone()),
+                ..Default::default()
+            },
+            t,
+            DistillSettings {
+                kd_chunk: None,
+                loss: KdLoss::ReverseKl,
+                temperature: 2.0,
+                strategy: StrategyConfig::Adaptive {
+                    alpha: 0.5,
+                    history: Some(3),
+                },
+            },
+            4,
+        );
+        common::run(&j).unwrap();
+        read_metrics(&root.path().join(dir).join(DISTILL_METRICS)).unwrap()
+    };
+    let a = run("reference", LinearCeMode::Reference);
+    let b = run("chunked", LinearCeMode::Chunked);
+    assert_eq!(a.len(), 6);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        for key in ["ce", "kd", "alpha", "beta"] {
+            let (u, v) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!(
+                (u - v).abs() <= 1e-4 * u.abs().max(1.0),
+                "step {}: {key} {u} vs {v}",
+                x["step"]
+            );
+        }
+    }
+}

@@ -193,6 +193,8 @@ pub struct BenchRun {
     pub adamw: Option<AdamWImpl>,
     /// Override `[train.kernels] linear_ce`.
     pub linear_ce: Option<LinearCeMode>,
+    /// Override `[train.kernels] linear_kd`.
+    pub linear_kd: Option<LinearCeMode>,
     /// Override `[train.kernels] ce_chunk`.
     pub ce_chunk: Option<usize>,
     /// Peak FLOP/s for the MFU.
@@ -237,8 +239,11 @@ pub struct BenchReport {
     /// The AdamW implementation that ran (`auto` resolved).
     pub adamw: AdamWImpl,
     /// The LM head + cross-entropy path of the trained model's loss (`auto` resolved;
-    /// the KD steps use the reference path).
+    /// the KD modes follow `linear_kd`).
     pub linear_ce: LinearCe,
+    /// The KD modes' path of the student's head, CE and KD (`[train.kernels]
+    /// linear_kd`, `auto` resolved).
+    pub linear_kd: Option<LinearCe>,
     /// Peak GPU memory of this process in MiB (nvidia-smi; `None` on the CPU).
     pub peak_gpu_memory_mib: Option<u64>,
     /// Final loss (sanity: finite).
@@ -268,6 +273,9 @@ pub fn run_bench(params: &BenchParams, run: &BenchRun) -> Result<BenchReport> {
     if let Some(l) = run.linear_ce {
         p.train.kernels.linear_ce = l;
     }
+    if let Some(l) = run.linear_kd {
+        p.train.kernels.linear_kd = l;
+    }
     if let Some(c) = run.ce_chunk {
         p.train.kernels.ce_chunk = c;
     }
@@ -290,6 +298,7 @@ pub fn run_bench(params: &BenchParams, run: &BenchRun) -> Result<BenchReport> {
     }
     let (mut kd, mut moe) = (None, None);
     let mut linear_ce = LinearCe::Reference;
+    let mut linear_kd = None;
     let (timing, parameters, teacher_parameters, flops_per_token): (BenchTiming, i64, _, f64) =
         match mode {
             BenchMode::Lm => {
@@ -324,6 +333,7 @@ pub fn run_bench(params: &BenchParams, run: &BenchRun) -> Result<BenchReport> {
                     }
                 };
                 let r = bench_distill(&job, &teacher, seq_len, &run.steps)?;
+                linear_kd = Some(r.linear_kd);
                 kd = Some(serde_json::json!({
                     "loss": r.distill.loss.name(),
                     "temperature": r.distill.temperature,
@@ -405,6 +415,7 @@ pub fn run_bench(params: &BenchParams, run: &BenchRun) -> Result<BenchReport> {
         peak_flops: run.peak_flops,
         adamw: timing.adamw,
         linear_ce,
+        linear_kd,
         peak_gpu_memory_mib: timing.peak_gpu_memory_mib,
         final_loss: timing.final_loss,
         kd,

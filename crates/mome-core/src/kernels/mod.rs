@@ -48,11 +48,17 @@ pub struct KernelSource {
     pub kernels: &'static [&'static str],
 }
 
-/// Row-wise softmax cross-entropy and its gradient, in place (bf16 and fp32).
+/// Row-wise softmax cross-entropy and its gradient, in place, alone or with a dense
+/// KD term against teacher logits (bf16 and fp32).
 pub const SOFTMAX_XENT: KernelSource = KernelSource {
     name: "softmax_xent.cu",
     text: include_str!("softmax_xent.cu"),
-    kernels: &["softmax_xent_grad_bf16", "softmax_xent_grad_f32"],
+    kernels: &[
+        "softmax_xent_grad_bf16",
+        "softmax_xent_grad_f32",
+        "kd_xent_grad_bf16",
+        "kd_xent_grad_f32",
+    ],
 };
 
 /// Every kernel source of mome.
@@ -312,5 +318,151 @@ pub fn softmax_xent_grad(
     // column < V, target checked against V) stay inside them; the tensors outlive
     // the queued work on the null stream (see the module docs).
     unsafe { launch.launch(cfg) }.map_err(|e| kernel_err(format!("launching {name}: {e}")))?;
+    Ok(())
+}
+
+/// The dense KD divergence of [`kd_xent_grad`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SoftTarget {
+    /// `Σ p (log p − log q)`.
+    ForwardKl,
+    /// `−Σ p log q` (forward KL plus the teacher's entropy; the same gradient).
+    TeacherWeightedCe,
+}
+
+/// The tensors of [`kd_xent_grad`]: one chunk of rows, all on one CUDA device.
+#[derive(Debug)]
+pub struct KdXent<'a> {
+    /// Student logits `[rows, V]` (bf16 or fp32, contiguous), overwritten with the
+    /// gradient.
+    pub z: &'a Tensor,
+    /// Teacher logits `[rows, V]`, the kind of `z` (contiguous).
+    pub teacher: &'a Tensor,
+    /// int64 `[rows]` next-token targets (-100: no CE term).
+    pub targets: &'a Tensor,
+    /// fp32 `[2]`: the CE gradient's factor, then the KD gradient's (`∂KD/∂(z/T)`'s).
+    pub scale: &'a Tensor,
+    /// fp32 `[rows]`, written: the row cross-entropies.
+    pub ce: &'a Tensor,
+    /// fp32 `[rows]`, written: the row KD terms times `t2`.
+    pub kd: &'a Tensor,
+    /// `1 / T`.
+    pub inv_t: f32,
+    /// The factor of the KD values (`T²`).
+    pub t2: f32,
+    /// The divergence.
+    pub target: SoftTarget,
+}
+
+/// Cross-entropy plus a dense KD term, in place on `x.z` (see softmax_xent.cu's
+/// `kd_xent_grad`): writes `x.ce[r]` as [`softmax_xent_grad`] does and
+/// `x.kd[r] = t2 · D(p_r ‖ q_r)` (`p = softmax(teacher/T)`, `q = softmax(z/T)`), and
+/// replaces `z[r]` by `scale[0] (softmax(z[r]) − onehot) + scale[1] (q_r − p_r)`. One
+/// read of each side to normalise, one to write the gradient. Queued on the null
+/// stream; no host synchronisation. [`kd_xent_grad_reference`] is the same
+/// arithmetic in libtorch operators.
+pub fn kd_xent_grad(x: &KdXent<'_>) -> Result<()> {
+    let ordinal = cuda_ordinal(x.z, "the logits")?;
+    let size = x.z.size();
+    let (rows, v) = match size[..] {
+        [r, v] if r > 0 && v > 0 => (r, v),
+        _ => {
+            return Err(kernel_err(format!(
+                "logits must be [rows, V], got {size:?}"
+            )))
+        }
+    };
+    let (name, kind) = match x.z.kind() {
+        Kind::BFloat16 => ("kd_xent_grad_bf16", Kind::BFloat16),
+        Kind::Float => ("kd_xent_grad_f32", Kind::Float),
+        k => {
+            return Err(kernel_err(format!(
+                "the KD kernel takes bf16 or fp32 logits, got {k:?}"
+            )))
+        }
+    };
+    expect(x.z, "the logits", kind, &[rows, v], ordinal)?;
+    expect(x.teacher, "the teacher logits", kind, &[rows, v], ordinal)?;
+    expect(x.targets, "the targets", Kind::Int64, &[rows], ordinal)?;
+    expect(x.scale, "the scales", Kind::Float, &[2], ordinal)?;
+    expect(x.ce, "the row losses", Kind::Float, &[rows], ordinal)?;
+    expect(x.kd, "the row KD terms", Kind::Float, &[rows], ordinal)?;
+    let (rows_i, v_i) = match (i32::try_from(rows), i32::try_from(v)) {
+        (Ok(r), Ok(v)) => (r, v),
+        _ => {
+            return Err(kernel_err(format!(
+                "{rows} x {v} logits exceed the kernel's int32 sizes"
+            )))
+        }
+    };
+    let l = loaded(ordinal)?;
+    let f = l
+        .functions
+        .get(name)
+        .ok_or_else(|| kernel_err(format!("kernel {name} not loaded")))?;
+    let ptrs: [u64; 6] = [
+        x.z.data_ptr() as u64,
+        x.teacher.data_ptr() as u64,
+        x.targets.data_ptr() as u64,
+        x.scale.data_ptr() as u64,
+        x.ce.data_ptr() as u64,
+        x.kd.data_ptr() as u64,
+    ];
+    let twce = i32::from(x.target == SoftTarget::TeacherWeightedCe);
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (if v >= 8192 { 512 } else { 128 }, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = l.stream.launch_builder(f);
+    for p in &ptrs {
+        launch.arg(p);
+    }
+    launch
+        .arg(&rows_i)
+        .arg(&v_i)
+        .arg(&x.inv_t)
+        .arg(&x.t2)
+        .arg(&twce);
+    // SAFETY: the argument list matches the kernel's signature (6 device pointers,
+    // int rows, int V, float inv_t, float t2, int twce); every pointer is the data of
+    // a contiguous tensor checked above for dtype, shape and device, so the kernel's
+    // accesses (row < rows, column < V, target checked against V, scale[0..2]) stay
+    // inside them; the tensors outlive the queued work on the null stream (see the
+    // module docs).
+    unsafe { launch.launch(cfg) }.map_err(|e| kernel_err(format!("launching {name}: {e}")))?;
+    Ok(())
+}
+
+/// The reference of [`kd_xent_grad`] in libtorch operators (any device, fp32
+/// arithmetic, one rounding to `z`'s kind), with the same arguments.
+pub fn kd_xent_grad_reference(x: &KdXent<'_>) -> Result<()> {
+    let dev = x.z.device();
+    let scale = x.scale.to_kind(Kind::Float);
+    // The CE part (and row losses) through the cross-entropy reference, on an fp32
+    // copy (a copy even when `z` is fp32: `z` is read again below).
+    let ce_grad = x.z.to_dtype(Kind::Float, false, true);
+    crate::linear_ce::softmax_xent_grad_reference(
+        &ce_grad,
+        x.targets,
+        &scale.narrow(0, 0, 1),
+        x.ce,
+    )?;
+    let inv_t = Tensor::from_slice(&[x.inv_t]).to_device(dev);
+    let s = (x.z.to_kind(Kind::Float) * &inv_t).log_softmax(-1, Kind::Float);
+    let t = (x.teacher.to_kind(Kind::Float) * &inv_t).log_softmax(-1, Kind::Float);
+    let p = t.exp();
+    let pos = p.gt(0.0);
+    let term = match x.target {
+        SoftTarget::ForwardKl => &p * (&t - &s),
+        SoftTarget::TeacherWeightedCe => -(&p * &s),
+    };
+    let row =
+        term.where_scalarother(&pos, 0.0)
+            .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
+            * f64::from(x.t2);
+    x.kd.shallow_clone().f_copy_(&row)?;
+    let g = ce_grad + (s.exp() - p) * scale.narrow(0, 1, 1);
+    x.z.shallow_clone().f_copy_(&g)?;
     Ok(())
 }
