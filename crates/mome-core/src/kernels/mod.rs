@@ -260,65 +260,126 @@ pub fn softmax_xent_grad(
     scale: &Tensor,
     loss: &Tensor,
 ) -> Result<()> {
-    let ordinal = cuda_ordinal(z, "the logits")?;
-    let size = z.size();
-    let (rows, v) = match size[..] {
-        [r, v] if r > 0 && v > 0 => (r, v),
-        _ => {
-            return Err(kernel_err(format!(
-                "logits must be [rows, V], got {size:?}"
-            )))
-        }
-    };
-    let (name, kind) = match z.kind() {
-        Kind::BFloat16 => ("softmax_xent_grad_bf16", Kind::BFloat16),
-        Kind::Float => ("softmax_xent_grad_f32", Kind::Float),
-        k => {
-            return Err(kernel_err(format!(
-                "the cross-entropy kernel takes bf16 or fp32 logits, got {k:?}"
-            )))
-        }
-    };
-    expect(z, "the logits", kind, &[rows, v], ordinal)?;
-    expect(targets, "the targets", Kind::Int64, &[rows], ordinal)?;
-    expect(scale, "the scale", Kind::Float, &[1], ordinal)?;
-    expect(loss, "the row losses", Kind::Float, &[rows], ordinal)?;
-    let (rows_i, v_i) = match (i32::try_from(rows), i32::try_from(v)) {
-        (Ok(r), Ok(v)) => (r, v),
-        _ => {
-            return Err(kernel_err(format!(
-                "{rows} x {v} logits exceed the kernel's int32 sizes"
-            )))
-        }
-    };
-    let l = loaded(ordinal)?;
-    let f = l
-        .functions
-        .get(name)
-        .ok_or_else(|| kernel_err(format!("kernel {name} not loaded")))?;
-    let ptrs: [u64; 4] = [
-        z.data_ptr() as u64,
-        targets.data_ptr() as u64,
-        scale.data_ptr() as u64,
-        loss.data_ptr() as u64,
-    ];
-    let cfg = LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (if v >= 8192 { 512 } else { 128 }, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut launch = l.stream.launch_builder(f);
-    for p in &ptrs {
-        launch.arg(p);
-    }
-    launch.arg(&rows_i).arg(&v_i);
+    let c = RowKernel::of(z, ["softmax_xent_grad_bf16", "softmax_xent_grad_f32"])?;
+    c.expect(targets, "the targets", Kind::Int64, 1)?;
+    c.expect(scale, "the scale", Kind::Float, 0)?;
+    c.expect(loss, "the row losses", Kind::Float, 1)?;
+    let ptrs = [z, targets, scale, loss].map(|t| t.data_ptr() as u64);
     // SAFETY: the argument list matches the kernel's signature (4 device pointers,
     // int rows, int V); every pointer is the data of a contiguous tensor checked
     // above for dtype, shape and device, so the kernel's accesses (row < rows,
     // column < V, target checked against V) stay inside them; the tensors outlive
     // the queued work on the null stream (see the module docs).
-    unsafe { launch.launch(cfg) }.map_err(|e| kernel_err(format!("launching {name}: {e}")))?;
-    Ok(())
+    unsafe { c.launch(&ptrs, &[]) }
+}
+
+/// A scalar kernel argument after the pointers and sizes.
+enum Scalar {
+    F32(f32),
+    I32(i32),
+}
+
+/// The launch of a one-block-per-row kernel over logits `z` `[rows, V]` (bf16 or
+/// fp32, contiguous, CUDA): its name for that kind, checked sizes and device.
+struct RowKernel {
+    name: &'static str,
+    ordinal: usize,
+    rows: i64,
+    v: i64,
+    rows_i: i32,
+    v_i: i32,
+}
+
+impl RowKernel {
+    /// `names`: the bf16 and the fp32 kernel.
+    fn of(z: &Tensor, names: [&'static str; 2]) -> Result<Self> {
+        let ordinal = cuda_ordinal(z, "the logits")?;
+        let size = z.size();
+        let (rows, v) = match size[..] {
+            [r, v] if r > 0 && v > 0 => (r, v),
+            _ => {
+                return Err(kernel_err(format!(
+                    "logits must be [rows, V], got {size:?}"
+                )))
+            }
+        };
+        let (name, kind) = match z.kind() {
+            Kind::BFloat16 => (names[0], Kind::BFloat16),
+            Kind::Float => (names[1], Kind::Float),
+            k => {
+                return Err(kernel_err(format!(
+                    "the {} kernel takes bf16 or fp32 logits, got {k:?}",
+                    names[1]
+                )))
+            }
+        };
+        expect(z, "the logits", kind, &[rows, v], ordinal)?;
+        let (rows_i, v_i) = match (i32::try_from(rows), i32::try_from(v)) {
+            (Ok(r), Ok(v)) => (r, v),
+            _ => {
+                return Err(kernel_err(format!(
+                    "{rows} x {v} logits exceed the kernel's int32 sizes"
+                )))
+            }
+        };
+        Ok(Self {
+            name,
+            ordinal,
+            rows,
+            v,
+            rows_i,
+            v_i,
+        })
+    }
+
+    /// Checks a side tensor: `[rows]` (`per_row = 1`), `[rows, V]` (2) or, with
+    /// `per_row = 0`, a vector of scales (any length ≥ 1, checked by the caller).
+    fn expect(&self, t: &Tensor, what: &str, kind: Kind, per_row: u8) -> Result<()> {
+        let shape: Vec<i64> = match per_row {
+            1 => vec![self.rows],
+            2 => vec![self.rows, self.v],
+            _ => t.size(),
+        };
+        if shape.len() != 1 && per_row == 0 {
+            return Err(kernel_err(format!("{what} must be a vector")));
+        }
+        expect(t, what, kind, &shape, self.ordinal)
+    }
+
+    /// Launches the kernel with the device pointers `ptrs`, then `rows` and `V` as
+    /// ints, then the scalars `extra`.
+    ///
+    /// # Safety
+    /// `ptrs` and `extra` must match the kernel's signature, and every pointer must be
+    /// the data of a tensor checked (with [`RowKernel::expect`]) to hold what the
+    /// kernel reads and writes.
+    unsafe fn launch(&self, ptrs: &[u64], extra: &[Scalar]) -> Result<()> {
+        let l = loaded(self.ordinal)?;
+        let f = l
+            .functions
+            .get(self.name)
+            .ok_or_else(|| kernel_err(format!("kernel {} not loaded", self.name)))?;
+        let cfg = LaunchConfig {
+            grid_dim: (self.rows as u32, 1, 1),
+            block_dim: (if self.v >= 8192 { 512 } else { 128 }, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = l.stream.launch_builder(f);
+        for p in ptrs {
+            launch.arg(p);
+        }
+        launch.arg(&self.rows_i).arg(&self.v_i);
+        for e in extra {
+            match e {
+                Scalar::F32(v) => launch.arg(v),
+                Scalar::I32(v) => launch.arg(v),
+            };
+        }
+        // SAFETY: the caller's contract.
+        unsafe { launch.launch(cfg) }
+            .map_err(|e| kernel_err(format!("launching {}: {e}", self.name)))?;
+        Ok(())
+    }
 }
 
 /// The dense KD divergence of [`kd_xent_grad`].
@@ -362,76 +423,32 @@ pub struct KdXent<'a> {
 /// stream; no host synchronisation. [`kd_xent_grad_reference`] is the same
 /// arithmetic in libtorch operators.
 pub fn kd_xent_grad(x: &KdXent<'_>) -> Result<()> {
-    let ordinal = cuda_ordinal(x.z, "the logits")?;
-    let size = x.z.size();
-    let (rows, v) = match size[..] {
-        [r, v] if r > 0 && v > 0 => (r, v),
-        _ => {
-            return Err(kernel_err(format!(
-                "logits must be [rows, V], got {size:?}"
-            )))
-        }
-    };
-    let (name, kind) = match x.z.kind() {
-        Kind::BFloat16 => ("kd_xent_grad_bf16", Kind::BFloat16),
-        Kind::Float => ("kd_xent_grad_f32", Kind::Float),
-        k => {
-            return Err(kernel_err(format!(
-                "the KD kernel takes bf16 or fp32 logits, got {k:?}"
-            )))
-        }
-    };
-    expect(x.z, "the logits", kind, &[rows, v], ordinal)?;
-    expect(x.teacher, "the teacher logits", kind, &[rows, v], ordinal)?;
-    expect(x.targets, "the targets", Kind::Int64, &[rows], ordinal)?;
-    expect(x.scale, "the scales", Kind::Float, &[2], ordinal)?;
-    expect(x.ce, "the row losses", Kind::Float, &[rows], ordinal)?;
-    expect(x.kd, "the row KD terms", Kind::Float, &[rows], ordinal)?;
-    let (rows_i, v_i) = match (i32::try_from(rows), i32::try_from(v)) {
-        (Ok(r), Ok(v)) => (r, v),
-        _ => {
-            return Err(kernel_err(format!(
-                "{rows} x {v} logits exceed the kernel's int32 sizes"
-            )))
-        }
-    };
-    let l = loaded(ordinal)?;
-    let f = l
-        .functions
-        .get(name)
-        .ok_or_else(|| kernel_err(format!("kernel {name} not loaded")))?;
-    let ptrs: [u64; 6] = [
-        x.z.data_ptr() as u64,
-        x.teacher.data_ptr() as u64,
-        x.targets.data_ptr() as u64,
-        x.scale.data_ptr() as u64,
-        x.ce.data_ptr() as u64,
-        x.kd.data_ptr() as u64,
-    ];
-    let twce = i32::from(x.target == SoftTarget::TeacherWeightedCe);
-    let cfg = LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (if v >= 8192 { 512 } else { 128 }, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut launch = l.stream.launch_builder(f);
-    for p in &ptrs {
-        launch.arg(p);
+    let c = RowKernel::of(x.z, ["kd_xent_grad_bf16", "kd_xent_grad_f32"])?;
+    c.expect(x.teacher, "the teacher logits", x.z.kind(), 2)?;
+    c.expect(x.targets, "the targets", Kind::Int64, 1)?;
+    c.expect(x.scale, "the scales", Kind::Float, 0)?;
+    if x.scale.size() != [2] {
+        return Err(kernel_err(format!(
+            "the KD kernel takes 2 scales, got {:?}",
+            x.scale.size()
+        )));
     }
-    launch
-        .arg(&rows_i)
-        .arg(&v_i)
-        .arg(&x.inv_t)
-        .arg(&x.t2)
-        .arg(&twce);
+    c.expect(x.ce, "the row losses", Kind::Float, 1)?;
+    c.expect(x.kd, "the row KD terms", Kind::Float, 1)?;
+    let ptrs = [x.z, x.teacher, x.targets, x.scale, x.ce, x.kd].map(|t| t.data_ptr() as u64);
+    let twce = i32::from(x.target == SoftTarget::TeacherWeightedCe);
     // SAFETY: the argument list matches the kernel's signature (6 device pointers,
     // int rows, int V, float inv_t, float t2, int twce); every pointer is the data of
     // a contiguous tensor checked above for dtype, shape and device, so the kernel's
     // accesses (row < rows, column < V, target checked against V, scale[0..2]) stay
     // inside them; the tensors outlive the queued work on the null stream (see the
     // module docs).
-    unsafe { launch.launch(cfg) }.map_err(|e| kernel_err(format!("launching {name}: {e}")))?;
-    Ok(())
+    unsafe {
+        c.launch(
+            &ptrs,
+            &[Scalar::F32(x.inv_t), Scalar::F32(x.t2), Scalar::I32(twce)],
+        )
+    }
 }
 
 /// The reference of [`kd_xent_grad`] in libtorch operators (any device, fp32
