@@ -302,6 +302,21 @@ pub fn linear_kd_loss(
                 .f_detach()?,
         ))
     };
+    // Per chunk at row `start`: keeps its KD values `per` and runs the CE step on `z`
+    // (row losses kept, `z` turned into `scale · ∂CE/∂z`).
+    let rows_step = |start: i64, z: &Tensor, per: &Tensor, scale: &Tensor| -> Result<()> {
+        let c = z.size()[0];
+        kd_rows
+            .f_narrow(0, start, c)?
+            .f_copy_(&per.f_reshape([c])?)?;
+        Ok(softmax_xent_grad(
+            how,
+            z,
+            &targets.f_narrow(0, start, c)?,
+            scale,
+            &ce_rows.f_narrow(0, start, c)?,
+        )?)
+    };
     let (alpha, beta) = match weights {
         KdWeights::Fixed { alpha, beta } => (alpha, beta),
         KdWeights::FromLosses(f) => {
@@ -318,17 +333,7 @@ pub fn linear_kd_loss(
                 let (sl, tlp) = bucket_logprobs(&z.f_unsqueeze(0)?, tc.as_teacher(), temperature)?;
                 let per =
                     divergence(input.loss, &sl, &tlp)?.f_mul_scalar(temperature * temperature)?;
-                kd_rows
-                    .f_narrow(0, start, c)?
-                    .f_copy_(&per.f_reshape([c])?)?;
-                softmax_xent_grad(
-                    how,
-                    z,
-                    &targets.f_narrow(0, start, c)?,
-                    &zero,
-                    &ce_rows.f_narrow(0, start, c)?,
-                )?;
-                Ok::<(), Error>(())
+                rows_step(start, z, &per, &zero)
             })?;
             let (ce, kd) = values(&ce_rows, &kd_rows)?;
             f(&ce, &kd)?
@@ -397,16 +402,7 @@ pub fn linear_kd_loss(
             &kd_factor,
             &buf,
         )?;
-        kd_rows
-            .f_narrow(0, start, c)?
-            .f_copy_(&per.f_reshape([c])?)?;
-        softmax_xent_grad(
-            how,
-            z,
-            &targets.f_narrow(0, start, c)?,
-            &ce_scale,
-            &ce_rows.f_narrow(0, start, c)?,
-        )?;
+        rows_step(start, z, &per, &ce_scale)?;
         let mut z = z.shallow_clone();
         let _ = z.f_add_(&buf.f_squeeze_dim(0)?)?;
         Ok::<(), Error>(())
