@@ -15,14 +15,17 @@
 //! training shards before training starts ([`MoeLoss::check_data`]).
 
 use mome_core::data::PrefetchHook;
+use mome_core::fusion::{KernelConfig, LinearCe};
 use mome_core::trainer::{Batch, RunContext, StepInfo};
 use mome_core::{Precision, Profiler};
 use mome_data::shards::ShardSet;
+use mome_distill::objective::StudentHead;
 use mome_distill::{DistillSettings, KdTerm, TeacherModel, TeacherSection};
 use mome_experts::Gpt2Config;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::model::MoeHeads;
 use crate::train::MoeLoss;
 
 /// The KD loss of MoE training (see the module docs).
@@ -57,6 +60,21 @@ impl DistillLoss {
         })
     }
 
+    /// The loss with the run's `[train.kernels]` (`linear_kd` resolved for `device`
+    /// and the experts' `compute` kind; an unusable `fused` is an error here). With a
+    /// chunked or fused `linear_kd`, [`MoeLoss::head_loss`] computes the KD step from
+    /// the heads without the logits (single-domain batches).
+    pub fn with_kernels(
+        self,
+        kernels: &KernelConfig,
+        device: Device,
+        compute: Kind,
+    ) -> Result<Self> {
+        Ok(Self {
+            kd: self.kd.with_kernels(kernels, device, compute)?,
+        })
+    }
+
     /// The settings (loss, temperature, strategy, KD chunk).
     pub fn settings(&self) -> &DistillSettings {
         self.kd.settings()
@@ -73,6 +91,30 @@ impl MoeLoss for DistillLoss {
         prof: &mut Profiler,
     ) -> Result<Tensor> {
         Ok(self.kd.loss(logits, batch, at, Some(domain), prof)?)
+    }
+    fn head_loss(
+        &mut self,
+        heads: &MoeHeads,
+        batch: &Batch,
+        domain: usize,
+        at: StepInfo,
+        prof: &mut Profiler,
+    ) -> Result<Option<Tensor>> {
+        if self.kd.linear_kd() == LinearCe::Reference {
+            return Ok(None);
+        }
+        let Some((hidden, weight)) = heads.as_linear() else {
+            return Ok(None);
+        };
+        let ids = batch.ids.size();
+        let hidden = hidden.f_reshape([ids[0], ids[1], -1])?;
+        let head = StudentHead {
+            hidden: &hidden,
+            weight: &weight,
+            compute: heads.compute_kind(),
+        };
+        let loss = self.kd.loss_head(head, batch, at, Some(domain), prof)?;
+        Ok(Some(loss))
     }
     fn begin(&mut self, ctx: &RunContext<'_>) -> Result<()> {
         Ok(self.kd.begin(ctx)?)

@@ -533,13 +533,20 @@ impl MoeTrainJob {
             return Ok(None);
         }
         let settings = p.distill.clone().unwrap_or_default();
-        Ok(Some(DistillLoss::new(
-            &p.teacher,
-            &settings,
-            &self.config.expert,
-            self.device,
-            p.train.precision,
-        )?))
+        Ok(Some(
+            DistillLoss::new(
+                &p.teacher,
+                &settings,
+                &self.config.expert,
+                self.device,
+                p.train.precision,
+            )?
+            .with_kernels(
+                &p.train.kernels,
+                self.device,
+                p.train.precision.compute_kind(),
+            )?,
+        ))
     }
 }
 

@@ -3,6 +3,7 @@
 //! online teacher's KD and is checked against the shards up front.
 
 use mome_core::data::ShardBatches;
+use mome_core::fusion::{KernelConfig, LinearCeMode};
 use mome_core::trainer::TrainConfig;
 use mome_data::sampler::{SamplerConfig, SamplerKind};
 use mome_data::shards::{ShardSet, ShardWriter};
@@ -77,6 +78,25 @@ fn run_in(
     resume: bool,
     steps: u64,
 ) -> mome_moe::Result<Vec<serde_json::Value>> {
+    run_kernels(
+        tmp,
+        run_name,
+        strategy,
+        teacher,
+        (resume, steps),
+        &KernelConfig::default(),
+    )
+}
+
+/// [`run_in`] with the run's `[train.kernels]`.
+fn run_kernels(
+    tmp: &std::path::Path,
+    run_name: &str,
+    strategy: StrategyConfig,
+    teacher: &TeacherSection,
+    (resume, steps): (bool, u64),
+    kernels: &KernelConfig,
+) -> mome_moe::Result<Vec<serde_json::Value>> {
     let cfg = MoeConfig {
         arch: Arch::Jeet,
         domains: vec!["en".into(), "fr".into()],
@@ -111,6 +131,8 @@ fn run_in(
         Device::Cpu,
         mome_core::Precision::Fp32,
     )
+    .unwrap()
+    .with_kernels(kernels, Device::Cpu, tch::Kind::Float)
     .unwrap();
     let mut train = TrainConfig::new(steps, 1e-3);
     train.quiet = true;
@@ -383,4 +405,49 @@ fn kd_from_teacher_cache_matches_online_teacher() {
         mome_core::Precision::Fp32
     )
     .is_err());
+}
+
+/// JEET's KD with `linear_kd = "chunked"` (the expert's heads, CE and KD in chunks,
+/// the online teacher's head chunked too) logs what the reference path logs.
+#[test]
+fn chunked_linear_kd_matches_the_reference_in_moe_training() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    shards(&tmp.path().join("shards"));
+    tch::manual_seed(9);
+    let tvs = nn::VarStore::new(Device::Cpu);
+    let t = Gpt2LmHeadModel::new(&tvs.root(), &shape()).unwrap();
+    t.save_pretrained(tmp.path().join("teacher")).unwrap();
+    let teacher = TeacherSection {
+        dir: Some(tmp.path().join("teacher")),
+        cache: None,
+        bf16: None,
+    };
+    let strategy = StrategyConfig::Adaptive {
+        alpha: 0.5,
+        history: Some(2),
+    };
+    let with = |name: &str, mode: LinearCeMode| {
+        let k = KernelConfig {
+            linear_kd: mode,
+            ce_chunk: 5,
+            ..Default::default()
+        };
+        run_kernels(tmp.path(), name, strategy.clone(), &teacher, (false, 4), &k).unwrap()
+    };
+    let a = with("reference", LinearCeMode::Reference);
+    let b = with("chunked", LinearCeMode::Chunked);
+    assert_eq!(a.len(), 4);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["domain"], y["domain"]);
+        for key in ["ce", "kd", "alpha", "beta"] {
+            let (u, v) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!(
+                (u - v).abs() <= 1e-4 * u.abs().max(1.0),
+                "step {}: {key} {u} vs {v}",
+                x["step"]
+            );
+        }
+    }
 }
