@@ -9,7 +9,7 @@
 //! let k: KernelConfig = toml::from_str("linear_ce = \"chunked\"\nce_chunk = 512").unwrap();
 //! k.validate().unwrap();
 //! assert_eq!(k.linear_ce.resolve(Device::Cpu, Kind::Float).unwrap(), LinearCe::Chunked);
-//! // `auto` keeps the reference path on the CPU.
+//! // `auto` is the reference path on the CPU (and `fused` on CUDA).
 //! let auto = KernelConfig::default();
 //! assert_eq!(auto.linear_ce.resolve(Device::Cpu, Kind::Float).unwrap(), LinearCe::Reference);
 //! ```
@@ -25,8 +25,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LinearCeMode {
-    /// `reference` for now: it becomes `fused` on CUDA once the fused path has passed
-    /// its CUDA tests and been measured on a GPU (docs/performance.md).
+    /// `fused` on CUDA with bf16 or fp32 compute when NVRTC can be loaded (measured
+    /// on an H100: docs/performance.md, 2026-12-07), `reference` everywhere else.
     #[default]
     Auto,
     /// The full `[positions, vocab]` logits, then log-softmax and NLL under autograd.
@@ -81,9 +81,15 @@ impl LinearCeMode {
         match self {
             Self::Reference => Ok(LinearCe::Reference),
             Self::Chunked => Ok(LinearCe::Chunked),
-            // `auto` stays on the reference path until the fused path has passed its
-            // CUDA tests and been measured on a GPU (docs/performance.md).
-            Self::Auto => Ok(LinearCe::Reference),
+            // Measured on an H100 (docs/performance.md): fused is faster and smaller
+            // on every config; the reference path elsewhere (CPU, fp16, no NVRTC).
+            Self::Auto => Ok(
+                if device.is_cuda() && kernel_kind && crate::kernels::nvrtc_available().is_ok() {
+                    LinearCe::Fused
+                } else {
+                    LinearCe::Reference
+                },
+            ),
             Self::Fused => {
                 if !device.is_cuda() {
                     return Err(Error::Config(format!(
@@ -157,7 +163,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fused_is_refused_off_cuda_and_auto_falls_back() {
+    fn fused_is_refused_off_cuda_and_auto_falls_back_to_the_reference() {
         let e = LinearCeMode::Fused
             .resolve(Device::Cpu, Kind::Float)
             .unwrap_err()
@@ -169,6 +175,7 @@ mod tests {
                 .unwrap(),
             LinearCe::Reference
         );
+        // fp16 has no kernel: the reference path, even on CUDA.
         assert_eq!(
             LinearCeMode::Auto
                 .resolve(Device::Cuda(0), Kind::Half)
