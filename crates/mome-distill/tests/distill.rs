@@ -144,6 +144,37 @@ fn distilled_student_beats_ce_only_and_bad_inputs_are_typed_errors() {
     );
 }
 
+/// A one-layer student distilled from the online `teacher` with the adaptive
+/// strategy (alpha 0.5, history 3), divergence `loss`, temperature 2.
+fn adaptive_job(
+    dir: &std::path::Path,
+    shards: &std::path::Path,
+    teacher: &std::path::Path,
+    train: mome_core::trainer::TrainConfig,
+    loss: KdLoss,
+) -> mome_distill::DistillParams {
+    job(
+        dir,
+        shards,
+        model(1, 16, 2),
+        TeacherSection {
+            dir: Some(teacher.to_path_buf()),
+            ..Default::default()
+        },
+        train,
+        DistillSettings {
+            kd_chunk: None,
+            loss,
+            temperature: 2.0,
+            strategy: StrategyConfig::Adaptive {
+                alpha: 0.5,
+                history: Some(3),
+            },
+        },
+        4,
+    )
+}
+
 #[test]
 fn adaptive_run_resumes_exactly() {
     let _serial = serial();
@@ -154,25 +185,12 @@ fn adaptive_run_resumes_exactly() {
         let mut t = train_cfg(8, 5e-3, 1);
         t.checkpoint_every = 4;
         t.max_steps = 8;
-        let mut j = job(
+        let mut j = adaptive_job(
             &root.path().join(dir),
             &shards,
-            model(1, 16, 2),
-            TeacherSection {
-                dir: Some(teacher.clone()),
-                ..Default::default()
-            },
+            &teacher,
             t,
-            DistillSettings {
-                kd_chunk: None,
-                loss: KdLoss::ForwardKl,
-                temperature: 2.0,
-                strategy: StrategyConfig::Adaptive {
-                    alpha: 0.5,
-                    history: Some(3),
-                },
-            },
-            4,
+            KdLoss::ForwardKl,
         );
         j.resume = resume;
         j
@@ -250,25 +268,12 @@ fn chunked_linear_kd_trains_like_the_reference() {
         let mut t = train_cfg(6, 5e-3, 1);
         t.kernels.linear_kd = mode;
         t.kernels.ce_chunk = 20;
-        let j = job(
+        let j = adaptive_job(
             &root.path().join(dir),
             &shards,
-            model(1, 16, 2),
-            TeacherSection {
-                dir: Some(teacher.clone()),
-                ..Default::default()
-            },
+            &teacher,
             t,
-            DistillSettings {
-                kd_chunk: None,
-                loss: KdLoss::ReverseKl,
-                temperature: 2.0,
-                strategy: StrategyConfig::Adaptive {
-                    alpha: 0.5,
-                    history: Some(3),
-                },
-            },
-            4,
+            KdLoss::ReverseKl,
         );
         common::run(&j).unwrap();
         read_metrics(&root.path().join(dir).join(DISTILL_METRICS)).unwrap()

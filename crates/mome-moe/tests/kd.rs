@@ -162,20 +162,25 @@ fn run_kernels(
     )
 }
 
+/// A tiny random teacher saved in `tmp/teacher` (seed 9), as an online teacher.
+fn online_teacher(tmp: &std::path::Path) -> TeacherSection {
+    tch::manual_seed(9);
+    let tvs = nn::VarStore::new(Device::Cpu);
+    let t = Gpt2LmHeadModel::new(&tvs.root(), &shape()).unwrap();
+    t.save_pretrained(tmp.join("teacher")).unwrap();
+    TeacherSection {
+        dir: Some(tmp.join("teacher")),
+        cache: None,
+        bf16: None,
+    }
+}
+
 #[test]
 fn kd_run_logs_kd_loss_and_alpha_and_resumes() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     shards(&tmp.path().join("shards"));
-    tch::manual_seed(9);
-    let tvs = nn::VarStore::new(Device::Cpu);
-    let t = Gpt2LmHeadModel::new(&tvs.root(), &shape()).unwrap();
-    t.save_pretrained(tmp.path().join("teacher")).unwrap();
-    let teacher = TeacherSection {
-        dir: Some(tmp.path().join("teacher")),
-        cache: None,
-        bf16: None,
-    };
+    let teacher = online_teacher(tmp.path());
     let lines = run(
         tmp.path(),
         StrategyConfig::Fixed { alpha: 0.25 },
@@ -269,11 +274,7 @@ fn kd_from_teacher_cache_matches_online_teacher() {
     let tmp = tempfile::tempdir().unwrap();
     let shards_dir = tmp.path().join("shards");
     shards(&shards_dir);
-    tch::manual_seed(9);
-    let tvs = nn::VarStore::new(Device::Cpu);
-    let t = Gpt2LmHeadModel::new(&tvs.root(), &shape()).unwrap();
-    let tdir = tmp.path().join("teacher");
-    t.save_pretrained(&tdir).unwrap();
+    let tdir = online_teacher(tmp.path()).dir.unwrap();
     let cdir = tmp.path().join("cache");
     let opts = CacheBuildOptions {
         top_k: VOCAB as usize,
@@ -414,15 +415,7 @@ fn chunked_linear_kd_matches_the_reference_in_moe_training() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     shards(&tmp.path().join("shards"));
-    tch::manual_seed(9);
-    let tvs = nn::VarStore::new(Device::Cpu);
-    let t = Gpt2LmHeadModel::new(&tvs.root(), &shape()).unwrap();
-    t.save_pretrained(tmp.path().join("teacher")).unwrap();
-    let teacher = TeacherSection {
-        dir: Some(tmp.path().join("teacher")),
-        cache: None,
-        bf16: None,
-    };
+    let teacher = online_teacher(tmp.path());
     let strategy = StrategyConfig::Adaptive {
         alpha: 0.5,
         history: Some(2),
