@@ -35,22 +35,22 @@ for tb in ${KERNEL_TESTS:-}; do
   "$tb" --test-threads 1 >>"$OUT/cuda-tests.txt" 2>&1
   echo "[gpu-linear-ce] CUDA tests $tb: exit $? ($(grep -c '\.\.\. ok' "$OUT/cuda-tests.txt") ok so far)" | tee -a "$OUT/log.txt" >&2
 done
-for c in $CONFIGS; do
-  for m in $MODES; do
-    t0=$(date +%s)
-    "$MOME" bench train --config "configs/bench/$c.toml" --json --profile --linear-ce "$m" \
-      2>>"$OUT/log.txt" | grep '^{' >>"$OUT/bench.jsonl"
-    echo "[gpu-linear-ce] mome $c $m: exit ${PIPESTATUS[0]}, $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt" >&2
+# bench_modes FLAG CONFIGS...: `mome bench train` of each config with each FLAG of MODES.
+bench_modes() {
+  local flag=$1 c m t0; shift
+  for c in "$@"; do
+    for m in $MODES; do
+      t0=$(date +%s)
+      "$MOME" bench train --config "configs/bench/$c.toml" --json --profile "$flag" "$m" \
+        2>>"$OUT/log.txt" | grep '^{' >>"$OUT/bench.jsonl"
+      echo "[gpu-linear-ce] mome $c $flag $m: exit ${PIPESTATUS[0]}, $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt" >&2
+    done
   done
-done
-for c in $KD_CONFIGS; do
-  for m in $MODES; do
-    t0=$(date +%s)
-    "$MOME" bench train --config "configs/bench/$c.toml" --json --profile --linear-kd "$m" \
-      2>>"$OUT/log.txt" | grep '^{' >>"$OUT/bench.jsonl"
-    echo "[gpu-linear-ce] mome $c linear-kd $m: exit ${PIPESTATUS[0]}, $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt" >&2
-  done
-done
+}
+# shellcheck disable=SC2086
+bench_modes --linear-ce $CONFIGS
+# shellcheck disable=SC2086
+bench_modes --linear-kd $KD_CONFIGS
 for c in $COMPILED; do
   l=$(left)
   if [ "$l" -le 10 ]; then echo "[gpu-linear-ce] skipped compiled $c (budget spent)" | tee -a "$OUT/log.txt" >&2; continue; fi

@@ -55,22 +55,30 @@ pub struct LinearCrossEntropy<'a> {
 }
 
 impl LinearCrossEntropy<'_> {
-    fn shapes(&self) -> Result<(i64, i64, i64)> {
-        let (hs, ws, ts) = (self.hidden.size(), self.weight.size(), self.targets.size());
-        match (&hs[..], &ws[..], &ts[..]) {
-            ([n, d], [v, d2], [n2]) if d == d2 && n == n2 && *v > 0 => {
-                if self.targets.kind() != Kind::Int64 {
-                    return Err(Error::Config(format!(
-                        "linear cross-entropy targets must be int64, got {:?}",
-                        self.targets.kind()
-                    )));
-                }
-                Ok((*n, *d, *v))
-            }
-            _ => Err(Error::Config(format!(
-                "linear cross-entropy takes hidden [N, D], weight [V, D] and targets [N]; got {hs:?}, {ws:?}, {ts:?}"
-            ))),
+    fn head(&self) -> LinearHead<'_> {
+        LinearHead {
+            hidden: self.hidden,
+            weight: self.weight,
+            compute: self.compute,
         }
+    }
+
+    fn shapes(&self) -> Result<(i64, i64, i64)> {
+        let (n, d, v) = self.head().shapes()?;
+        if self.targets.size() != [n] {
+            return Err(Error::Config(format!(
+                "linear cross-entropy takes targets [N] for hidden [N, D]; got {:?}, {:?}",
+                self.targets.size(),
+                self.hidden.size()
+            )));
+        }
+        if self.targets.kind() != Kind::Int64 {
+            return Err(Error::Config(format!(
+                "linear cross-entropy targets must be int64, got {:?}",
+                self.targets.kind()
+            )));
+        }
+        Ok((n, d, v))
     }
 }
 
@@ -80,6 +88,25 @@ fn in_kind(t: &Tensor, k: Kind) -> Result<Tensor> {
     } else {
         t.f_to_kind(k)?
     })
+}
+
+/// The number of counted targets (not [`IGNORE_INDEX`]) of `targets`, as a scalar
+/// fp32 tensor, at least 1: the divisor of every mean cross-entropy.
+pub fn counted_targets(targets: &Tensor) -> Result<Tensor> {
+    Ok(targets
+        .f_ne(IGNORE_INDEX)?
+        .f_sum(Kind::Float)?
+        .f_clamp_min(1.0)?)
+}
+
+/// The mean cross-entropy of `logits` `[N, V]` (any float kind: the log-softmax is
+/// taken in fp32) against `targets` `[N]` over the counted targets (0 when none
+/// counts), under autograd: the unfused computation.
+pub fn mean_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let sum = logits
+        .f_log_softmax(-1, Kind::Float)?
+        .f_nll_loss::<Tensor>(targets, None, Reduction::Sum, IGNORE_INDEX)?;
+    Ok(sum.f_div(&counted_targets(targets)?)?)
 }
 
 /// The mean cross-entropy of `hidden @ weightᵀ` against `targets` over the counted
@@ -93,31 +120,13 @@ pub fn linear_cross_entropy(
     let (n, _, v) = input.shapes()?;
     let k = input.compute;
     if how == LinearCe::Reference {
-        let logits =
-            in_kind(input.hidden, k)?.f_linear::<Tensor>(&in_kind(input.weight, k)?, None)?;
-        let count = input
-            .targets
-            .ne(IGNORE_INDEX)
-            .sum(Kind::Float)
-            .clamp_min(1.0);
-        let sum = logits
-            .f_log_softmax(-1, Kind::Float)?
-            .f_nll_loss::<Tensor>(input.targets, None, Reduction::Sum, IGNORE_INDEX)?;
-        return Ok(sum / count);
+        return mean_cross_entropy(&input.head().logits()?, input.targets);
     }
-    let count = input
-        .targets
-        .ne(IGNORE_INDEX)
-        .sum(Kind::Float)
-        .clamp_min(1.0);
+    let count = counted_targets(input.targets)?;
     let scale = count.reciprocal().reshape([1]);
     let targets = input.targets.contiguous();
     let row_loss = Tensor::f_empty([n], (Kind::Float, input.hidden.device()))?;
-    let head = LinearHead {
-        hidden: input.hidden,
-        weight: input.weight,
-        compute: k,
-    };
+    let head = input.head();
     let chunk = kernels.ce_chunk_rows(n, v, k.elt_size_in_bytes() as i64);
     let grads = linear_head_grads(&head, chunk, |start, z| {
         let c = z.size()[0];
@@ -158,6 +167,13 @@ pub struct LinearHead<'a> {
 }
 
 impl LinearHead<'_> {
+    /// The full logits `hidden @ weightᵀ`, both cast to the compute kind (the
+    /// unfused head; `hidden` may have leading batch dimensions).
+    pub fn logits(&self) -> Result<Tensor> {
+        let k = self.compute;
+        Ok(in_kind(self.hidden, k)?.f_linear::<Tensor>(&in_kind(self.weight, k)?, None)?)
+    }
+
     /// `(N, D, V)`, or an error naming the shapes.
     pub fn shapes(&self) -> Result<(i64, i64, i64)> {
         let (hs, ws) = (self.hidden.size(), self.weight.size());

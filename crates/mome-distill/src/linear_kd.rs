@@ -52,7 +52,7 @@
 
 use mome_core::fusion::{KernelConfig, LinearCe};
 use mome_core::kernels::{kd_xent_grad, KdXent, SoftTarget};
-use mome_core::linear_ce::{linear_head_grads, softmax_xent_grad, LinearHead};
+use mome_core::linear_ce::{counted_targets, linear_head_grads, softmax_xent_grad, LinearHead};
 use mome_experts::{causal_lm_loss, next_token_targets};
 use tch::{Kind, Tensor};
 
@@ -193,10 +193,7 @@ impl FlatTeacher {
                 compute,
             } => {
                 let (hs, ws) = (hidden.size(), weight.size());
-                if hs.len() != 3 || hs[..2] != [b, tl] || ws.len() != 2 || ws[0] != v {
-                    return Err(want("hidden / head", [hs, ws].concat()));
-                }
-                if hs[2] != ws[1] {
+                if hs.len() != 3 || hs[..2] != [b, tl] || ws != [v, hs[2]] {
                     return Err(want("hidden / head", [hs, ws].concat()));
                 }
                 let k = *compute;
@@ -278,10 +275,7 @@ pub fn linear_kd_loss(
     let device = input.hidden.device();
     let teacher = FlatTeacher::new(&input.teacher, b, tl, v)?;
     let targets = next_token_targets(input.input_ids, None)?.f_reshape([n])?;
-    let count = targets
-        .f_ne(mome_core::linear_ce::IGNORE_INDEX)?
-        .f_sum(Kind::Float)?
-        .f_clamp_min(1.0)?;
+    let count = counted_targets(&targets)?;
     let tokens = (n as f64).max(1.0);
     let inv_t = inv_temperature(temperature, device)?;
     let chunk = kernels.ce_chunk_rows(n, v, input.compute.elt_size_in_bytes() as i64);
@@ -423,11 +417,12 @@ pub fn linear_kd_loss(
 
 /// The unfused computation (see the module docs).
 fn reference(input: &LinearKd<'_>, weights: KdWeights<'_>) -> Result<LinearKdOutput> {
-    let k = input.compute;
-    let logits = input
-        .hidden
-        .f_to_kind(k)?
-        .f_linear::<Tensor>(&input.weight.f_to_kind(k)?, None)?;
+    let logits = LinearHead {
+        hidden: input.hidden,
+        weight: input.weight,
+        compute: input.compute,
+    }
+    .logits()?;
     let teacher_logits;
     let teacher = match input.teacher {
         HeadTeacher::Logits(z) => Teacher::Logits(z),
@@ -436,11 +431,12 @@ fn reference(input: &LinearKd<'_>, weights: KdWeights<'_>) -> Result<LinearKdOut
             weight,
             compute,
         } => {
-            teacher_logits = tch::no_grad(|| -> Result<Tensor> {
-                Ok(hidden
-                    .f_to_kind(compute)?
-                    .f_linear::<Tensor>(&weight.f_to_kind(compute)?, None)?)
-            })?;
+            let head = LinearHead {
+                hidden,
+                weight,
+                compute,
+            };
+            teacher_logits = tch::no_grad(|| head.logits())?;
             Teacher::Logits(&teacher_logits)
         }
         HeadTeacher::TopK(sp) => Teacher::TopK(sp),

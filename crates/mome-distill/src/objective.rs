@@ -29,7 +29,7 @@ use std::sync::Arc;
 use mome_core::data::PrefetchHook;
 use mome_core::dist::{mean_to_host, GroupHandle};
 use mome_core::fusion::{KernelConfig, LinearCe};
-use mome_core::linear_ce::{linear_cross_entropy, LinearCrossEntropy};
+use mome_core::linear_ce::{linear_cross_entropy, LinearCrossEntropy, LinearHead};
 use mome_core::metrics::MetricsWriter;
 use mome_core::trainer::{Batch, Objective, RunContext, StepInfo};
 use mome_core::Profiler;
@@ -406,11 +406,12 @@ impl KdTerm {
     ) -> Result<Tensor> {
         let how = self.linear_kd;
         if how == LinearCe::Reference {
-            let k = student.compute;
-            let logits = student
-                .hidden
-                .f_to_kind(k)?
-                .f_linear::<Tensor>(&student.weight.f_to_kind(k)?, None)?;
+            let logits = LinearHead {
+                hidden: student.hidden,
+                weight: student.weight,
+                compute: student.compute,
+            }
+            .logits()?;
             return self.loss(&logits, batch, at, domain, prof);
         }
         let strategy = self.strategy.as_mut().ok_or_else(|| {

@@ -261,9 +261,9 @@ pub fn softmax_xent_grad(
     loss: &Tensor,
 ) -> Result<()> {
     let c = RowKernel::of(z, ["softmax_xent_grad_bf16", "softmax_xent_grad_f32"])?;
-    c.expect(targets, "the targets", Kind::Int64, 1)?;
-    c.expect(scale, "the scale", Kind::Float, 0)?;
-    c.expect(loss, "the row losses", Kind::Float, 1)?;
+    c.expect(targets, "the targets", Kind::Int64, &[c.rows])?;
+    c.expect(scale, "the scale", Kind::Float, &[1])?;
+    c.expect(loss, "the row losses", Kind::Float, &[c.rows])?;
     let ptrs = [z, targets, scale, loss].map(|t| t.data_ptr() as u64);
     // SAFETY: the argument list matches the kernel's signature (4 device pointers,
     // int rows, int V); every pointer is the data of a contiguous tensor checked
@@ -332,18 +332,10 @@ impl RowKernel {
         })
     }
 
-    /// Checks a side tensor: `[rows]` (`per_row = 1`), `[rows, V]` (2) or, with
-    /// `per_row = 0`, a vector of scales (any length ≥ 1, checked by the caller).
-    fn expect(&self, t: &Tensor, what: &str, kind: Kind, per_row: u8) -> Result<()> {
-        let shape: Vec<i64> = match per_row {
-            1 => vec![self.rows],
-            2 => vec![self.rows, self.v],
-            _ => t.size(),
-        };
-        if shape.len() != 1 && per_row == 0 {
-            return Err(kernel_err(format!("{what} must be a vector")));
-        }
-        expect(t, what, kind, &shape, self.ordinal)
+    /// Checks a side tensor of the launch: `kind`, `shape`, contiguous, on the
+    /// logits' device.
+    fn expect(&self, t: &Tensor, what: &str, kind: Kind, shape: &[i64]) -> Result<()> {
+        expect(t, what, kind, shape, self.ordinal)
     }
 
     /// Launches the kernel with the device pointers `ptrs`, then `rows` and `V` as
@@ -424,17 +416,11 @@ pub struct KdXent<'a> {
 /// arithmetic in libtorch operators.
 pub fn kd_xent_grad(x: &KdXent<'_>) -> Result<()> {
     let c = RowKernel::of(x.z, ["kd_xent_grad_bf16", "kd_xent_grad_f32"])?;
-    c.expect(x.teacher, "the teacher logits", x.z.kind(), 2)?;
-    c.expect(x.targets, "the targets", Kind::Int64, 1)?;
-    c.expect(x.scale, "the scales", Kind::Float, 0)?;
-    if x.scale.size() != [2] {
-        return Err(kernel_err(format!(
-            "the KD kernel takes 2 scales, got {:?}",
-            x.scale.size()
-        )));
-    }
-    c.expect(x.ce, "the row losses", Kind::Float, 1)?;
-    c.expect(x.kd, "the row KD terms", Kind::Float, 1)?;
+    c.expect(x.teacher, "the teacher logits", x.z.kind(), &[c.rows, c.v])?;
+    c.expect(x.targets, "the targets", Kind::Int64, &[c.rows])?;
+    c.expect(x.scale, "the scales", Kind::Float, &[2])?;
+    c.expect(x.ce, "the row losses", Kind::Float, &[c.rows])?;
+    c.expect(x.kd, "the row KD terms", Kind::Float, &[c.rows])?;
     let ptrs = [x.z, x.teacher, x.targets, x.scale, x.ce, x.kd].map(|t| t.data_ptr() as u64);
     let twce = i32::from(x.target == SoftTarget::TeacherWeightedCe);
     // SAFETY: the argument list matches the kernel's signature (6 device pointers,

@@ -1,7 +1,7 @@
 //! The causal language-model loss: shifted next-token cross-entropy, fp32.
 
 use mome_core::fusion::{KernelConfig, LinearCe};
-use mome_core::linear_ce::{linear_cross_entropy, LinearCrossEntropy};
+use mome_core::linear_ce::{linear_cross_entropy, mean_cross_entropy, LinearCrossEntropy};
 use tch::{Kind, Reduction, Tensor};
 
 use super::model::{check_int_kind, Gpt2LmHeadModel};
@@ -138,11 +138,7 @@ pub fn causal_lm_loss(
     attention_mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (logits, targets) = aligned_targets(logits, input_ids, attention_mask)?;
-    let count = targets.ne(-100).sum(Kind::Float).clamp_min(1.0);
-    let sum = logits
-        .f_log_softmax(-1, Kind::Float)?
-        .f_nll_loss::<Tensor>(&targets, None, Reduction::Sum, -100)?;
-    Ok(sum / count)
+    Ok(mean_cross_entropy(&logits, &targets)?)
 }
 
 /// Next-token targets aligned with every position of `input_ids` `[B, T]`: `[B * T]`

@@ -1,6 +1,7 @@
 //! The GPT-2 stack (an MoE expert), the transformer (`GPT2Model`) and the LM head
 //! model (`GPT2LMHeadModel`).
 
+use mome_core::linear_ce::LinearHead;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::layers::{build_attn_mask, check_float_kind, Gpt2Block, LayerNorm};
@@ -531,19 +532,12 @@ impl Gpt2LmHeadModel {
     /// The LM head: `hidden @ lm_head^T` with both cast to the compute kind; the
     /// logits have the compute kind (bf16 under bf16 compute), not yet fp32.
     pub fn lm_head_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let k = self.compute_kind;
-        let w = self.lm_head_weight();
-        let w = if w.kind() == k {
-            w.shallow_clone()
-        } else {
-            w.f_to_kind(k)?
+        let head = LinearHead {
+            hidden,
+            weight: self.lm_head_weight(),
+            compute: self.compute_kind,
         };
-        let h = if hidden.kind() == k {
-            hidden.shallow_clone()
-        } else {
-            hidden.f_to_kind(k)?
-        };
-        Ok(h.f_linear::<Tensor>(&w, None)?)
+        Ok(head.logits()?)
     }
 
     /// Forward pass; logits for every position, fp32.
