@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use mome_core::fusion::LinearCeMode;
+use mome_core::fusion::{FusionMode, LinearCeMode};
 use mome_core::optim::AdamWImpl;
 use mome_core::trainer::BenchOptions;
 use mome_core::DeviceSpec;
@@ -76,6 +76,9 @@ pub struct BenchTrainArgs {
     /// logits).
     #[arg(long)]
     ce_chunk: Option<usize>,
+    /// Override `[train.kernels] add_layer_norm`: auto, reference or fused.
+    #[arg(long)]
+    add_layer_norm: Option<FusionMode>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -102,6 +105,7 @@ pub fn run_bench_cmd(cmd: BenchCommand) -> Result<()> {
         linear_ce: a.linear_ce,
         linear_kd: a.linear_kd,
         ce_chunk: a.ce_chunk,
+        add_layer_norm: a.add_layer_norm,
         peak_flops: a.peak_flops,
     };
     let r = run_bench(&params, &run).with_context(|| format!("bench {}", a.config.display()))?;

@@ -11,11 +11,19 @@
 //!
 //! Each function takes tensors of one device (the caller groups them) and performs no
 //! host synchronisation.
+//!
+//! It also holds the autograd function of [`crate::norm`] (`csrc/add_layer_norm.cpp`):
+//! [`add_layer_norm`] applies it, and [`add_ln_fwd_cb`] / [`add_ln_bwd_cb`] are the
+//! C callbacks through which its forward and backward run mome's kernels
+//! ([`crate::kernels::add_ln_forward`], [`crate::kernels::add_ln_backward`]) on CUDA
+//! tensors and their libtorch references elsewhere.
 #![allow(unsafe_code)]
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_int, CStr};
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
+
+use crate::kernels::{self, AddLnBackward, AddLnForward};
 
 use crate::{Error, Result};
 
@@ -43,6 +51,19 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> *mut CT;
+    fn mome_add_layer_norm(
+        x: *const CT,
+        y: *const CT,
+        w: *const CT,
+        b: *const CT,
+        eps: f64,
+        out_kind: c_int,
+        fwd: AddLnFwdFn,
+        bwd: AddLnBwdFn,
+        out: *mut *mut CT,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     fn mome_foreach_mul_(
         tensors: *const *const CT,
         n: usize,
@@ -178,6 +199,178 @@ pub(crate) fn foreach_mul_(tensors: &[Tensor], scalar: &Tensor) -> Result<()> {
         return Err(shim_error("foreach multiply", &err));
     }
     Ok(())
+}
+
+type AddLnFwdFn = unsafe extern "C" fn(*const *const CT, f64, *mut c_char, usize) -> c_int;
+type AddLnBwdFn = unsafe extern "C" fn(*const *const CT, *mut c_char, usize) -> c_int;
+
+/// Applies the add + layer norm autograd function: `(Some(x + y), ln(x + y))` with a
+/// branch, `(None, ln(x))` without; `ln`'s output in `out_kind`. The caller checks the
+/// kinds and shapes the callbacks take (contiguous fp32 residual and parameters, see
+/// [`crate::norm`]).
+pub(crate) fn add_layer_norm(
+    x: &Tensor,
+    y: Option<&Tensor>,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    out_kind: Kind,
+) -> Result<(Option<Tensor>, Tensor)> {
+    let out_kind = scalar_type(out_kind)?;
+    let mut out: [*mut CT; 2] = [std::ptr::null_mut(); 2];
+    let mut err = [0 as c_char; 1024];
+    // SAFETY: every tensor pointer is a live `at::Tensor*` borrowed for the call (y may
+    // be null); `out` has room for the two handles the shim writes; the callbacks match
+    // the C signatures of csrc/add_layer_norm.cpp; `err` is writable for its length.
+    let rc = unsafe {
+        mome_add_layer_norm(
+            x.as_ptr() as *const CT,
+            y.map_or(std::ptr::null(), |y| y.as_ptr() as *const CT),
+            weight.as_ptr() as *const CT,
+            bias.as_ptr() as *const CT,
+            eps,
+            out_kind,
+            add_ln_fwd_cb,
+            add_ln_bwd_cb,
+            out.as_mut_ptr(),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if rc != 0 {
+        return Err(shim_error("add + layer norm", &err));
+    }
+    // SAFETY: on success the shim stored new `at::Tensor*` handles (the first null
+    // without a branch), whose ownership passes to the returned tensors.
+    let sum = (!out[0].is_null()).then(|| unsafe { Tensor::from_ptr(out[0]) });
+    let normed = unsafe { Tensor::from_ptr(out[1]) };
+    Ok((sum, normed))
+}
+
+/// The `c10::ScalarType` value of the kinds the add + layer norm function outputs.
+fn scalar_type(kind: Kind) -> Result<c_int> {
+    match kind {
+        Kind::Float => Ok(6),
+        Kind::BFloat16 => Ok(15),
+        k => Err(Error::Kernel(format!(
+            "add + layer norm outputs fp32 or bf16, not {k:?}"
+        ))),
+    }
+}
+
+/// Writes `msg` NUL-terminated into the shim's buffer `err` of `len` bytes.
+///
+/// # Safety
+/// `err` must be writable for `len` bytes.
+unsafe fn write_err(err: *mut c_char, len: usize, msg: &str) {
+    if len == 0 || err.is_null() {
+        return;
+    }
+    let n = msg.len().min(len - 1);
+    // SAFETY: `n + 1 <= len` bytes of `err` are written.
+    unsafe {
+        std::ptr::copy_nonoverlapping(msg.as_ptr() as *const c_char, err, n);
+        *err.add(n) = 0;
+    }
+}
+
+/// Runs `f` for a callback: 0 on success, else -1 with the error (or panic) in `err`.
+///
+/// # Safety
+/// `err` must be writable for `len` bytes.
+unsafe fn callback(err: *mut c_char, len: usize, f: impl FnOnce() -> Result<()>) -> c_int {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            // SAFETY: the caller's contract.
+            unsafe { write_err(err, len, &e.to_string()) };
+            -1
+        }
+        Err(_) => {
+            // SAFETY: the caller's contract.
+            unsafe { write_err(err, len, "panic in the Rust callback") };
+            -1
+        }
+    }
+}
+
+/// The tensors `t[0..n]` (null entries: `None`), as new handles sharing storage.
+///
+/// # Safety
+/// `t` must point to `n` entries, each null or a live `at::Tensor*`.
+unsafe fn borrowed(t: *const *const CT, n: usize) -> Vec<Option<Tensor>> {
+    (0..n)
+        .map(|i| {
+            // SAFETY: the caller's contract; `clone_from_ptr` makes a new handle.
+            let p = unsafe { *t.add(i) };
+            (!p.is_null()).then(|| unsafe { Tensor::clone_from_ptr(p as *mut CT) })
+        })
+        .collect()
+}
+
+fn required(t: &[Option<Tensor>], i: usize) -> Result<&Tensor> {
+    t[i].as_ref()
+        .ok_or_else(|| Error::Kernel(format!("add + layer norm: tensor {i} is missing")))
+}
+
+/// The forward callback of csrc/add_layer_norm.cpp: tensors x, y, w, b, sum, out, mean,
+/// rstd (`[rows, d]` views; y and sum may be null).
+unsafe extern "C" fn add_ln_fwd_cb(
+    t: *const *const CT,
+    eps: f64,
+    err: *mut c_char,
+    len: usize,
+) -> c_int {
+    // SAFETY: the shim passes 8 entries and a writable `err` of `len` bytes.
+    let t = unsafe { borrowed(t, 8) };
+    unsafe {
+        callback(err, len, || {
+            let a = AddLnForward {
+                x: required(&t, 0)?,
+                y: t[1].as_ref(),
+                weight: required(&t, 2)?,
+                bias: required(&t, 3)?,
+                eps,
+                sum: t[4].as_ref(),
+                out: required(&t, 5)?,
+                mean: required(&t, 6)?,
+                rstd: required(&t, 7)?,
+            };
+            if a.x.device().is_cuda() {
+                kernels::add_ln_forward(&a)
+            } else {
+                kernels::add_ln_forward_reference(&a)
+            }
+        })
+    }
+}
+
+/// The backward callback of csrc/add_layer_norm.cpp: tensors sum, mean, rstd, w,
+/// grad_out, grad_sum, dx, dy, dw, db (grad_sum and dy may be null).
+unsafe extern "C" fn add_ln_bwd_cb(t: *const *const CT, err: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the shim passes 10 entries and a writable `err` of `len` bytes.
+    let t = unsafe { borrowed(t, 10) };
+    unsafe {
+        callback(err, len, || {
+            let a = AddLnBackward {
+                sum: required(&t, 0)?,
+                mean: required(&t, 1)?,
+                rstd: required(&t, 2)?,
+                weight: required(&t, 3)?,
+                grad_out: required(&t, 4)?,
+                grad_sum: t[5].as_ref(),
+                dx: required(&t, 6)?,
+                dy: t[7].as_ref(),
+                dw: required(&t, 8)?,
+                db: required(&t, 9)?,
+            };
+            if a.sum.device().is_cuda() {
+                kernels::add_ln_backward(&a)
+            } else {
+                kernels::add_ln_backward_reference(&a)
+            }
+        })
+    }
 }
 
 #[cfg(test)]

@@ -112,6 +112,53 @@ impl LinearCeMode {
     }
 }
 
+/// How a fusion without a chunked variant runs: `add_layer_norm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FusionMode {
+    /// `fused` on CUDA when NVRTC can be loaded, `reference` everywhere else.
+    #[default]
+    Auto,
+    /// libtorch operators under autograd.
+    Reference,
+    /// mome's fused autograd function: its CUDA kernels on CUDA, their libtorch
+    /// references elsewhere (slower than `reference`; for tests).
+    Fused,
+}
+
+impl std::str::FromStr for FusionMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "reference" => Ok(Self::Reference),
+            "fused" => Ok(Self::Fused),
+            _ => Err(Error::Config(format!(
+                "`{s}`: expected auto, reference or fused"
+            ))),
+        }
+    }
+}
+
+impl FusionMode {
+    /// The path of `add_layer_norm` on `device`.
+    pub fn resolve_add_ln(self, device: Device) -> crate::norm::AddLnPath {
+        use crate::norm::AddLnPath;
+        match self {
+            Self::Reference => AddLnPath::Reference,
+            Self::Fused => AddLnPath::Fused,
+            Self::Auto => {
+                if device.is_cuda() && crate::kernels::nvrtc_available().is_ok() {
+                    AddLnPath::Fused
+                } else {
+                    AddLnPath::Reference
+                }
+            }
+        }
+    }
+}
+
 /// Positions per chunk when `ce_chunk = 0`: as many as keep one chunk's logits near
 /// 256 MiB (at least 64).
 pub const CE_CHUNK_BYTES: i64 = 256 << 20;
@@ -129,6 +176,9 @@ pub struct KernelConfig {
     /// teacher's head is chunked too) or `fused` (`chunked` with mome's CUDA kernel
     /// for the cross-entropy part).
     pub linear_kd: LinearCeMode,
+    /// Residual add + layer norm of every transformer block (students, teachers,
+    /// experts; [`crate::norm`]): `auto` (default), `reference` or `fused`.
+    pub add_layer_norm: FusionMode,
     /// Positions per chunk of the chunked and fused `linear_ce` and `linear_kd` (0, the default:
     /// chunks of about [`CE_CHUNK_BYTES`] of logits).
     pub ce_chunk: usize,

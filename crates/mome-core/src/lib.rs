@@ -43,6 +43,7 @@ pub mod job;
 pub mod kernels;
 pub mod linear_ce;
 pub mod metrics;
+pub mod norm;
 pub mod optim;
 pub mod profile;
 pub mod progress;

@@ -3,7 +3,108 @@
 //! plain-libtorch reference in values and gradients, for fp32 and bf16.
 
 use mome_core::kernels::{compile_check, kd_xent_grad_reference, KdXent, SoftTarget, SOURCES};
+use mome_core::norm::{add_layer_norm, AddLayerNorm, AddLnPath};
 use tch::{Device, Kind, Tensor};
+
+/// One add + layer norm case: residual, branch and output kinds, with or without a
+/// branch, `rows x d`.
+#[derive(Clone, Copy, Debug)]
+struct LnCase {
+    x: Kind,
+    y: Option<Kind>,
+    out: Kind,
+    rows: i64,
+    d: i64,
+}
+
+/// The kind combinations the add + layer norm kernels take: a trained model's fp32
+/// residual with a bf16 or fp32 branch and output, and a bf16 teacher's.
+fn ln_cases(rows: i64, d: i64) -> Vec<LnCase> {
+    use Kind::{BFloat16 as B, Float as F};
+    let c = |x, y, out| LnCase { x, y, out, rows, d };
+    vec![
+        c(F, Some(F), F),
+        c(F, Some(B), B),
+        c(F, Some(B), F),
+        c(F, None, B),
+        c(B, Some(B), B),
+        c(B, None, B),
+    ]
+}
+
+/// Values and gradients (x, weight, bias, then y) of `path` for a loss using both
+/// outputs, in fp32.
+fn add_ln_run(c: LnCase, path: AddLnPath, dev: Device) -> Vec<Tensor> {
+    // Deterministic inputs (tests share libtorch's global generator across threads).
+    let wave =
+        |n: i64, k: f64, phase: f64| (Tensor::arange(n, (Kind::Float, dev)) * k + phase).sin();
+    let shape = [2, c.rows / 2, c.d];
+    let n = c.rows / 2 * 2 * c.d;
+    let x = (wave(n, 0.37, 0.0) * 2.0 + 0.3)
+        .reshape(shape)
+        .to_kind(c.x)
+        .set_requires_grad(true);
+    let y = (wave(n, 1.13, 1.0) * 1.5)
+        .reshape(shape)
+        .to_kind(c.y.unwrap_or(c.x))
+        .set_requires_grad(true);
+    let w = (wave(c.d, 0.71, 2.0) * 0.1 + 1.0)
+        .to_kind(c.x)
+        .set_requires_grad(true);
+    let b = (wave(c.d, 0.53, 3.0) * 0.1)
+        .to_kind(c.x)
+        .set_requires_grad(true);
+    let a = AddLayerNorm {
+        residual: &x,
+        branch: c.y.is_some().then_some(&y),
+        weight: &w,
+        bias: &b,
+        eps: 1e-5,
+        out_kind: c.out,
+    };
+    let o = add_layer_norm(&a, path).unwrap();
+    assert_eq!((o.normed.kind(), o.normed.size()), (c.out, shape.to_vec()));
+    let gy = wave(n, 0.91, 4.0).reshape(shape);
+    let gs = wave(n, 0.29, 5.0).reshape(shape);
+    let loss = (o.normed.to_kind(Kind::Float) * &gy).sum(Kind::Float)
+        + (o.sum.to_kind(Kind::Float) * gs).sum(Kind::Float);
+    loss.backward();
+    let mut out = vec![o.sum.detach(), o.normed.detach()];
+    out.extend([x.grad(), w.grad(), b.grad()]);
+    if c.y.is_some() {
+        out.push(y.grad());
+    }
+    out.into_iter().map(|t| t.to_kind(Kind::Float)).collect()
+}
+
+/// The fused function and the reference agree within `tol` relative to each output's
+/// largest magnitude.
+fn add_ln_agrees(c: LnCase, dev: Device) {
+    let fused = add_ln_run(c, AddLnPath::Fused, dev);
+    let reference = add_ln_run(c, AddLnPath::Reference, dev);
+    let tol = if c.x == Kind::Float && c.y != Some(Kind::BFloat16) && c.out == Kind::Float {
+        1e-4
+    } else {
+        2e-2
+    };
+    for (i, (f, r)) in fused.iter().zip(&reference).enumerate() {
+        let scale = r.abs().max().double_value(&[]).max(1.0);
+        let diff = (f - r).abs().max().double_value(&[]);
+        assert!(
+            diff <= tol * scale,
+            "{c:?} output {i}: max diff {diff} (scale {scale})"
+        );
+    }
+}
+
+/// On the CPU the fused autograd function runs the kernels' libtorch references: this
+/// checks its wiring (saved tensors, both outputs' gradients, kinds) against autograd.
+#[test]
+fn add_layer_norm_function_matches_autograd_on_the_cpu() {
+    for c in ln_cases(10, 24) {
+        add_ln_agrees(c, Device::Cpu);
+    }
+}
 
 #[test]
 fn nvrtc_compiles_every_kernel_for_ampere_and_hopper() {
@@ -154,6 +255,16 @@ mod cuda {
         close(&kdk, &kdr, 1e-4, 1e-5, &format!("{what} KD rows"));
         let rel = if kind == Kind::Float { 1e-5 } else { 1e-2 };
         close(&gk, &gr, rel, 1e-7, &format!("{what} gradients"));
+    }
+
+    #[test]
+    fn add_layer_norm_kernels_match_the_reference() {
+        // Widths of the student and teacher (768, 1024), and one not a multiple of 32.
+        for (rows, d) in [(4096, 768), (1000, 1024), (6, 100)] {
+            for c in super::ln_cases(rows, d) {
+                super::add_ln_agrees(c, Device::Cuda(0));
+            }
+        }
     }
 
     #[test]

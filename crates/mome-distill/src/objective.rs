@@ -213,6 +213,10 @@ impl KdTerm {
             .linear_kd
             .resolve_key("linear_kd", device, compute)?;
         self.kernels = *kernels;
+        // The frozen teacher's blocks follow the same keys as the student's.
+        if let TeacherModel::Online { model, .. } = &mut self.teacher {
+            model.set_kernels(kernels);
+        }
         Ok(self)
     }
 

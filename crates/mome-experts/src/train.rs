@@ -138,7 +138,8 @@ impl LmJob {
 }
 
 /// A model of `cfg` on `device`, initialised under `train.seed` (the same config
-/// gives the same weights) and set to `train.precision`'s compute kind.
+/// gives the same weights) and set to `train.precision`'s compute kind and
+/// `train.kernels`.
 pub fn seeded_model(
     cfg: &Gpt2Config,
     device: Device,
@@ -153,6 +154,7 @@ pub fn seeded_model(
         Gpt2LmHeadModel::new(&vs.root(), cfg)?
     };
     model.set_compute_kind(train.precision.compute_kind())?;
+    model.set_kernels(&train.kernels);
     Ok((vs, model))
 }
 

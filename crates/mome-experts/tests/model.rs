@@ -523,3 +523,63 @@ fn bf16_compute_on_cpu_is_close_to_fp32() {
         .iter()
         .all(|(_, t)| t.kind() == Kind::Float));
 }
+
+/// `[train.kernels] add_layer_norm = "fused"` runs every block's residual add + layer
+/// norm through mome's autograd function (on the CPU, with its kernels' libtorch
+/// references): the logits, hidden states, loss and every parameter's gradient equal
+/// the reference path's, under fp32 and bf16 compute.
+#[test]
+fn fused_add_layer_norm_gives_the_reference_model() {
+    use mome_core::fusion::{FusionMode, KernelConfig};
+    let ids = ids_2x8();
+    // One model for both paths (tests share libtorch's global generator).
+    let (vs, mut model) = spread_model(&tiny_config(), 8);
+    for kind in [Kind::Float, Kind::BFloat16] {
+        model.set_compute_kind(kind).unwrap();
+        let mut run = |mode: FusionMode| {
+            model.set_kernels(&KernelConfig {
+                add_layer_norm: mode,
+                ..Default::default()
+            });
+            for (_, v) in vs.variables() {
+                let mut g = v.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            let out = model
+                .forward(Gpt2Input::ids(&ids).output_hidden_states(true))
+                .unwrap();
+            let loss = causal_lm_loss(&out.logits, &ids, None).unwrap();
+            loss.backward();
+            let mut grads: Vec<(String, Tensor)> = vs
+                .variables()
+                .into_iter()
+                .map(|(n, v)| (n, v.grad().copy()))
+                .collect();
+            grads.sort_by(|a, b| a.0.cmp(&b.0));
+            let hidden = out.hidden_states.unwrap();
+            (out.logits, hidden, loss.double_value(&[]), grads)
+        };
+        let (fl, fh, floss, fg) = run(FusionMode::Fused);
+        let (rl, rh, rloss, rg) = run(FusionMode::Reference);
+        let tol = if kind == Kind::Float { 1e-5 } else { 2e-2 };
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let scale = b.abs().max().double_value(&[]).max(1.0);
+            let d = (a - b).abs().max().double_value(&[]);
+            assert!(d <= tol * scale, "{kind:?} {what}: max diff {d}");
+        };
+        close(&fl, &rl, "logits");
+        assert_eq!(fh.len(), rh.len());
+        for (i, (a, b)) in fh.iter().zip(&rh).enumerate() {
+            assert_eq!(a.kind(), b.kind(), "hidden state {i}");
+            close(a, b, &format!("hidden state {i}"));
+        }
+        assert!((floss - rloss).abs() <= tol * rloss.abs().max(1.0));
+        assert_eq!(fg.len(), rg.len());
+        for ((n, a), (_, b)) in fg.iter().zip(&rg) {
+            assert!(a.defined() && b.defined(), "{n} has no gradient");
+            close(a, b, n);
+        }
+    }
+}

@@ -647,6 +647,7 @@ fn run_moe(
         MoeModel::new(&vs.root(), &mcfg)?
     };
     model.set_compute_kind(cfg.precision.compute_kind())?;
+    model.set_kernels(&cfg.kernels);
     let eval_shards = ShardSet::open(&job.shards)?;
     let opts = EvalOptions {
         split: "validation".into(),

@@ -361,6 +361,14 @@ impl MoeModel {
         self.compute_kind
     }
 
+    /// Applies the `[train.kernels]` keys that concern the experts' blocks (every
+    /// expert, trained or frozen; see `Gpt2Stack::set_kernels`).
+    pub fn set_kernels(&mut self, kernels: &mome_core::fusion::KernelConfig) {
+        for x in self.experts.iter_mut().chain(self.common.as_mut()) {
+            x.stack.set_kernels(kernels);
+        }
+    }
+
     /// Sets the kind matmuls and attention run in (parameters stay fp32).
     pub fn set_compute_kind(&mut self, kind: Kind) -> Result<()> {
         for x in self.experts.iter_mut().chain(self.common.as_mut()) {

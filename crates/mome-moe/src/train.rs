@@ -520,6 +520,7 @@ impl MoeTrainJob {
             MoeModel::new(&vs.root(), &self.config)?
         };
         model.set_compute_kind(p.train.precision.compute_kind())?;
+        model.set_kernels(&p.train.kernels);
         if !self.expert_devices.is_empty() {
             model.place_experts(&self.expert_devices)?;
         }

@@ -24,7 +24,8 @@
 
 use std::path::{Path, PathBuf};
 
-use mome_core::fusion::{LinearCe, LinearCeMode};
+use mome_core::fusion::{FusionMode, LinearCe, LinearCeMode};
+use mome_core::norm::AddLnPath;
 use mome_core::optim::AdamWImpl;
 use mome_core::profile::ProfileReport;
 use mome_core::trainer::{BenchOptions, BenchTiming};
@@ -197,6 +198,8 @@ pub struct BenchRun {
     pub linear_kd: Option<LinearCeMode>,
     /// Override `[train.kernels] ce_chunk`.
     pub ce_chunk: Option<usize>,
+    /// Override `[train.kernels] add_layer_norm`.
+    pub add_layer_norm: Option<FusionMode>,
     /// Peak FLOP/s for the MFU.
     pub peak_flops: f64,
 }
@@ -244,6 +247,10 @@ pub struct BenchReport {
     /// The KD modes' path of the student's head, CE and KD (`[train.kernels]
     /// linear_kd`, `auto` resolved).
     pub linear_kd: Option<LinearCe>,
+    /// The residual add + layer norm path of every model's blocks (`[train.kernels]
+    /// add_layer_norm`, `auto` resolved).
+    #[serde(default)]
+    pub add_layer_norm: Option<AddLnPath>,
     /// Peak GPU memory of this process in MiB (nvidia-smi; `None` on the CPU).
     pub peak_gpu_memory_mib: Option<u64>,
     /// Final loss (sanity: finite).
@@ -278,6 +285,9 @@ pub fn run_bench(params: &BenchParams, run: &BenchRun) -> Result<BenchReport> {
     }
     if let Some(c) = run.ce_chunk {
         p.train.kernels.ce_chunk = c;
+    }
+    if let Some(m) = run.add_layer_norm {
+        p.train.kernels.add_layer_norm = m;
     }
     if let Some(c) = run.kd_chunk {
         distill.kd_chunk = Some(c);
@@ -416,6 +426,7 @@ pub fn run_bench(params: &BenchParams, run: &BenchRun) -> Result<BenchReport> {
         adamw: timing.adamw,
         linear_ce,
         linear_kd,
+        add_layer_norm: Some(p.train.kernels.add_layer_norm.resolve_add_ln(device)),
         peak_gpu_memory_mib: timing.peak_gpu_memory_mib,
         final_loss: timing.final_loss,
         kd,

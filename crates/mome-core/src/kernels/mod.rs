@@ -61,8 +61,33 @@ pub const SOFTMAX_XENT: KernelSource = KernelSource {
     ],
 };
 
+/// Residual add + layer norm, forward and backward (residual and parameters, branch
+/// and output each in bf16 or fp32).
+pub const ADD_LAYER_NORM: KernelSource = KernelSource {
+    name: "add_layer_norm.cu",
+    text: include_str!("add_layer_norm.cu"),
+    kernels: &[
+        "add_ln_fwd_f32_f32_f32",
+        "add_ln_fwd_f32_f32_bf16",
+        "add_ln_fwd_f32_bf16_f32",
+        "add_ln_fwd_f32_bf16_bf16",
+        "add_ln_fwd_bf16_f32_f32",
+        "add_ln_fwd_bf16_f32_bf16",
+        "add_ln_fwd_bf16_bf16_f32",
+        "add_ln_fwd_bf16_bf16_bf16",
+        "add_ln_bwd_f32_f32_f32",
+        "add_ln_bwd_f32_f32_bf16",
+        "add_ln_bwd_f32_bf16_f32",
+        "add_ln_bwd_f32_bf16_bf16",
+        "add_ln_bwd_bf16_f32_f32",
+        "add_ln_bwd_bf16_f32_bf16",
+        "add_ln_bwd_bf16_bf16_f32",
+        "add_ln_bwd_bf16_bf16_bf16",
+    ],
+};
+
 /// Every kernel source of mome.
-pub const SOURCES: &[KernelSource] = &[SOFTMAX_XENT];
+pub const SOURCES: &[KernelSource] = &[SOFTMAX_XENT, ADD_LAYER_NORM];
 
 fn kernel_err(what: impl Into<String>) -> Error {
     Error::Kernel(what.into())
@@ -273,7 +298,8 @@ pub fn softmax_xent_grad(
     unsafe { c.launch(&ptrs, &[]) }
 }
 
-/// A scalar kernel argument after the pointers and sizes.
+/// A scalar kernel argument after the pointers.
+#[derive(Clone, Copy)]
 enum Scalar {
     F32(f32),
     I32(i32),
@@ -346,32 +372,59 @@ impl RowKernel {
     /// the data of a tensor checked (with [`RowKernel::expect`]) to hold what the
     /// kernel reads and writes.
     unsafe fn launch(&self, ptrs: &[u64], extra: &[Scalar]) -> Result<()> {
-        let l = loaded(self.ordinal)?;
-        let f = l
-            .functions
-            .get(self.name)
-            .ok_or_else(|| kernel_err(format!("kernel {} not loaded", self.name)))?;
-        let cfg = LaunchConfig {
-            grid_dim: (self.rows as u32, 1, 1),
-            block_dim: (if self.v >= 8192 { 512 } else { 128 }, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = l.stream.launch_builder(f);
-        for p in ptrs {
-            launch.arg(p);
-        }
-        launch.arg(&self.rows_i).arg(&self.v_i);
-        for e in extra {
-            match e {
-                Scalar::F32(v) => launch.arg(v),
-                Scalar::I32(v) => launch.arg(v),
-            };
-        }
+        let mut scalars = vec![Scalar::I32(self.rows_i), Scalar::I32(self.v_i)];
+        scalars.extend_from_slice(extra);
+        let block = if self.v >= 8192 { 512 } else { 128 };
         // SAFETY: the caller's contract.
-        unsafe { launch.launch(cfg) }
-            .map_err(|e| kernel_err(format!("launching {}: {e}", self.name)))?;
-        Ok(())
+        unsafe {
+            launch(
+                self.ordinal,
+                self.name,
+                (self.rows as u32, block),
+                ptrs,
+                &scalars,
+            )
+        }
     }
+}
+
+/// Launches kernel `name` of device `ordinal` on the null stream with `(grid, block)`
+/// one-dimensional sizes, the device pointers `ptrs` (0 for a null pointer), then the
+/// scalars.
+///
+/// # Safety
+/// `ptrs` and `scalars` must match the kernel's signature, and every non-null pointer
+/// must be the data of a tensor checked to hold what the kernel reads and writes.
+unsafe fn launch(
+    ordinal: usize,
+    name: &'static str,
+    (grid, block): (u32, u32),
+    ptrs: &[u64],
+    scalars: &[Scalar],
+) -> Result<()> {
+    let l = loaded(ordinal)?;
+    let f = l
+        .functions
+        .get(name)
+        .ok_or_else(|| kernel_err(format!("kernel {name} not loaded")))?;
+    let cfg = LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = l.stream.launch_builder(f);
+    for p in ptrs {
+        launch.arg(p);
+    }
+    for e in scalars {
+        match e {
+            Scalar::F32(v) => launch.arg(v),
+            Scalar::I32(v) => launch.arg(v),
+        };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { launch.launch(cfg) }.map_err(|e| kernel_err(format!("launching {name}: {e}")))?;
+    Ok(())
 }
 
 /// The dense KD divergence of [`kd_xent_grad`].
@@ -467,5 +520,299 @@ pub fn kd_xent_grad_reference(x: &KdXent<'_>) -> Result<()> {
     x.kd.shallow_clone().f_copy_(&row)?;
     let g = ce_grad + (s.exp() - p) * scale.narrow(0, 1, 1);
     x.z.shallow_clone().f_copy_(&g)?;
+    Ok(())
+}
+
+/// Widest row [`add_ln_forward`] and [`add_ln_backward`] take (32 columns per lane of
+/// one warp).
+pub const ADD_LN_MAX_WIDTH: i64 = 1024;
+
+/// Warps of one block of the add + layer-norm kernels.
+const ADD_LN_WARPS: u32 = 8;
+
+/// Blocks of the backward kernel at most: the `[warps, d]` partial sums of the
+/// weight and bias gradients stay small (2048 rows).
+const ADD_LN_BWD_BLOCKS: u32 = 256;
+
+/// The tensors of one residual add + layer norm forward ([`add_ln_forward`]), rows of
+/// width `d` (the last dimension; every tensor contiguous, on one device).
+#[derive(Debug)]
+pub struct AddLnForward<'a> {
+    /// The residual, fp32 or bf16 `[rows, d]`.
+    pub x: &'a Tensor,
+    /// The branch added to it (fp32 or bf16 `[rows, d]`), or none: a plain layer norm.
+    pub y: Option<&'a Tensor>,
+    /// `[d]`, `x`'s kind.
+    pub weight: &'a Tensor,
+    /// `[d]`, `x`'s kind.
+    pub bias: &'a Tensor,
+    /// Added to the variance.
+    pub eps: f64,
+    /// Written with `x + y` rounded to `x`'s kind (`[rows, d]`), exactly when `y` is
+    /// given.
+    pub sum: Option<&'a Tensor>,
+    /// Written with the normalised rows (fp32 or bf16 `[rows, d]`).
+    pub out: &'a Tensor,
+    /// Written with each row's mean, fp32 `[rows]`.
+    pub mean: &'a Tensor,
+    /// Written with each row's `1 / sqrt(var + eps)`, fp32 `[rows]`.
+    pub rstd: &'a Tensor,
+}
+
+/// The tensors of the backward of [`add_ln_forward`] ([`add_ln_backward`]).
+#[derive(Debug)]
+pub struct AddLnBackward<'a> {
+    /// The forward's normalised input: its `sum`, or `x` without a branch.
+    pub sum: &'a Tensor,
+    /// The forward's row means.
+    pub mean: &'a Tensor,
+    /// The forward's row `1 / sqrt(var + eps)`.
+    pub rstd: &'a Tensor,
+    /// `[d]`, the sum's kind.
+    pub weight: &'a Tensor,
+    /// The gradient of the output (its kind).
+    pub grad_out: &'a Tensor,
+    /// The gradient of the sum (its kind), when the sum is used elsewhere.
+    pub grad_sum: Option<&'a Tensor>,
+    /// Written: the gradient of `x` (its kind).
+    pub dx: &'a Tensor,
+    /// Written when the forward had a branch: the gradient of `y` (its kind).
+    pub dy: Option<&'a Tensor>,
+    /// Written: the gradient of the weight (`[d]`, its kind).
+    pub dw: &'a Tensor,
+    /// Written: the gradient of the bias (`[d]`, its kind).
+    pub db: &'a Tensor,
+}
+
+fn kind_tag(t: &Tensor, what: &str) -> Result<&'static str> {
+    match t.kind() {
+        Kind::Float => Ok("f32"),
+        Kind::BFloat16 => Ok("bf16"),
+        k => Err(kernel_err(format!(
+            "{what} must be fp32 or bf16 for the add + layer norm kernel, got {k:?}"
+        ))),
+    }
+}
+
+/// `(rows, d)` of the residual, checked against the kernels' limits.
+fn ln_rows(x: &Tensor) -> Result<(i64, i64, usize)> {
+    let ordinal = cuda_ordinal(x, "the residual")?;
+    let size = x.size();
+    let (rows, d) = match size[..] {
+        [r, d] if r > 0 && d > 0 => (r, d),
+        _ => return Err(kernel_err(format!("rows must be [rows, d], got {size:?}"))),
+    };
+    if d > ADD_LN_MAX_WIDTH {
+        return Err(kernel_err(format!(
+            "the add + layer norm kernel takes rows of at most {ADD_LN_MAX_WIDTH}, got {d}"
+        )));
+    }
+    if i32::try_from(rows).is_err() {
+        return Err(kernel_err(format!(
+            "{rows} rows exceed the kernel's int32 sizes"
+        )));
+    }
+    Ok((rows, d, ordinal))
+}
+
+fn ptr(t: Option<&Tensor>) -> u64 {
+    t.map_or(0, |t| t.data_ptr() as u64)
+}
+
+/// Residual add + layer norm of every row on CUDA, in one kernel (see
+/// add_layer_norm.cu): reads `x` and `y` once, writes `sum`, `out`, `mean` and
+/// `rstd`. [`add_ln_forward_reference`] is the same arithmetic in libtorch operators.
+pub fn add_ln_forward(a: &AddLnForward<'_>) -> Result<()> {
+    let (rows, d, ordinal) = ln_rows(a.x)?;
+    let xk = a.x.kind();
+    let x_tag = kind_tag(a.x, "the residual")?;
+    expect(a.x, "the residual", xk, &[rows, d], ordinal)?;
+    let y_tag = match a.y {
+        Some(y) => {
+            let tag = kind_tag(y, "the branch")?;
+            expect(y, "the branch", y.kind(), &[rows, d], ordinal)?;
+            tag
+        }
+        None => kind_tag(a.out, "the output")?,
+    };
+    if a.y.is_some() != a.sum.is_some() {
+        return Err(kernel_err(
+            "the sum is written exactly when a branch is added",
+        ));
+    }
+    if let Some(s) = a.sum {
+        expect(s, "the sum", xk, &[rows, d], ordinal)?;
+    }
+    let o_tag = kind_tag(a.out, "the output")?;
+    expect(a.out, "the output", a.out.kind(), &[rows, d], ordinal)?;
+    expect(a.weight, "the weight", xk, &[d], ordinal)?;
+    expect(a.bias, "the bias", xk, &[d], ordinal)?;
+    expect(a.mean, "the means", Kind::Float, &[rows], ordinal)?;
+    expect(a.rstd, "the rstds", Kind::Float, &[rows], ordinal)?;
+    let name = add_ln_name("fwd", x_tag, y_tag, o_tag)?;
+    let ptrs = [
+        ptr(Some(a.x)),
+        ptr(a.y),
+        ptr(Some(a.weight)),
+        ptr(Some(a.bias)),
+        ptr(a.sum),
+        ptr(Some(a.out)),
+        ptr(Some(a.mean)),
+        ptr(Some(a.rstd)),
+    ];
+    let warps = ADD_LN_WARPS as i64;
+    let grid = ((rows + warps - 1) / warps) as u32;
+    let scalars = [
+        Scalar::I32(rows as i32),
+        Scalar::I32(d as i32),
+        Scalar::F32(a.eps as f32),
+    ];
+    // SAFETY: the argument list matches add_ln_fwd's signature (8 pointers, the
+    // branch and the sum null together, int rows, int d, float eps); every non-null
+    // pointer is the data of a contiguous tensor checked above for dtype, shape and
+    // device, and the kernel touches rows < rows and columns < d <= 1024 only; the
+    // tensors outlive the queued work on the null stream (see the module docs).
+    unsafe { launch(ordinal, name, (grid, 32 * ADD_LN_WARPS), &ptrs, &scalars) }
+}
+
+fn add_ln_name(dir: &str, x: &str, y: &str, o: &str) -> Result<&'static str> {
+    let name = format!("add_ln_{dir}_{x}_{y}_{o}");
+    ADD_LAYER_NORM
+        .kernels
+        .iter()
+        .find(|k| **k == name)
+        .copied()
+        .ok_or_else(|| kernel_err(format!("no kernel {name}")))
+}
+
+/// The backward of [`add_ln_forward`] on CUDA: `dx`, `dy` in one kernel, the weight
+/// and bias gradients from per-warp partial sums (one libtorch sum each).
+/// [`add_ln_backward_reference`] is the same arithmetic in libtorch operators.
+pub fn add_ln_backward(a: &AddLnBackward<'_>) -> Result<()> {
+    let (rows, d, ordinal) = ln_rows(a.sum)?;
+    let xk = a.sum.kind();
+    let x_tag = kind_tag(a.sum, "the sum")?;
+    expect(a.sum, "the sum", xk, &[rows, d], ordinal)?;
+    expect(a.mean, "the means", Kind::Float, &[rows], ordinal)?;
+    expect(a.rstd, "the rstds", Kind::Float, &[rows], ordinal)?;
+    expect(a.weight, "the weight", xk, &[d], ordinal)?;
+    let o_tag = kind_tag(a.grad_out, "the output gradient")?;
+    expect(
+        a.grad_out,
+        "the output gradient",
+        a.grad_out.kind(),
+        &[rows, d],
+        ordinal,
+    )?;
+    if let Some(g) = a.grad_sum {
+        expect(g, "the sum gradient", xk, &[rows, d], ordinal)?;
+    }
+    expect(a.dx, "dx", xk, &[rows, d], ordinal)?;
+    let y_tag = match a.dy {
+        Some(dy) => {
+            let tag = kind_tag(dy, "dy")?;
+            expect(dy, "dy", dy.kind(), &[rows, d], ordinal)?;
+            tag
+        }
+        None => o_tag,
+    };
+    expect(a.dw, "dw", xk, &[d], ordinal)?;
+    expect(a.db, "db", xk, &[d], ordinal)?;
+    let name = add_ln_name("bwd", x_tag, y_tag, o_tag)?;
+    let warps = ADD_LN_WARPS as i64;
+    let grid = ((rows + warps - 1) / warps).min(ADD_LN_BWD_BLOCKS as i64);
+    let parts = Tensor::f_empty([2, grid * warps, d], (Kind::Float, a.sum.device()))?;
+    let (dw_part, db_part) = (parts.get(0), parts.get(1));
+    let ptrs = [
+        ptr(Some(a.sum)),
+        ptr(Some(a.mean)),
+        ptr(Some(a.rstd)),
+        ptr(Some(a.weight)),
+        ptr(Some(a.grad_out)),
+        ptr(a.grad_sum),
+        ptr(Some(a.dx)),
+        ptr(a.dy),
+        ptr(Some(&dw_part)),
+        ptr(Some(&db_part)),
+    ];
+    let scalars = [Scalar::I32(rows as i32), Scalar::I32(d as i32)];
+    // SAFETY: the argument list matches add_ln_bwd's signature (10 pointers, int rows,
+    // int d); every non-null pointer is the data of a contiguous tensor checked above
+    // (or `parts`, [2, grid * 8, d] fp32: warp `w` writes row `w` of each half) for
+    // dtype, shape and device; the kernel touches rows < rows, columns < d <= 1024;
+    // the tensors outlive the queued work on the null stream (see the module docs).
+    unsafe {
+        launch(
+            ordinal,
+            name,
+            (grid as u32, 32 * ADD_LN_WARPS),
+            &ptrs,
+            &scalars,
+        )?
+    };
+    let sums = parts.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?;
+    a.dw.shallow_clone().f_copy_(&sums.get(0))?;
+    a.db.shallow_clone().f_copy_(&sums.get(1))?;
+    Ok(())
+}
+
+/// [`add_ln_forward`]'s arithmetic in libtorch operators (any device).
+pub fn add_ln_forward_reference(a: &AddLnForward<'_>) -> Result<()> {
+    let s = match a.y {
+        // Rounded to the residual's kind, as the kernel does.
+        Some(y) => {
+            a.x.f_to_kind(Kind::Float)?
+                .f_add(&y.f_to_kind(Kind::Float)?)?
+                .f_to_kind(a.x.kind())?
+                .f_to_kind(Kind::Float)?
+        }
+        None => a.x.f_to_kind(Kind::Float)?,
+    };
+    if let Some(sum) = a.sum {
+        sum.shallow_clone().f_copy_(&s)?;
+    }
+    let (w, b) = (
+        a.weight.f_to_kind(Kind::Float)?,
+        a.bias.f_to_kind(Kind::Float)?,
+    );
+    let dims = [-1i64];
+    let mu = s.f_mean_dim(dims.as_slice(), true, Kind::Float)?;
+    let e = s.f_sub(&mu)?;
+    let var = e
+        .f_square()?
+        .f_mean_dim(dims.as_slice(), true, Kind::Float)?;
+    let rstd = (var + a.eps).f_rsqrt()?;
+    let out = (&e * &rstd) * w + b;
+    a.out.shallow_clone().f_copy_(&out)?;
+    a.mean.shallow_clone().f_copy_(&mu.squeeze_dim(-1))?;
+    a.rstd.shallow_clone().f_copy_(&rstd.squeeze_dim(-1))?;
+    Ok(())
+}
+
+/// [`add_ln_backward`]'s arithmetic in libtorch operators (any device).
+pub fn add_ln_backward_reference(a: &AddLnBackward<'_>) -> Result<()> {
+    let dims = [-1i64];
+    let rs = a.rstd.unsqueeze(-1);
+    let xh = (a.sum.f_to_kind(Kind::Float)? - a.mean.unsqueeze(-1)) * &rs;
+    let g = a.grad_out.f_to_kind(Kind::Float)?;
+    let gw = &g * a.weight.f_to_kind(Kind::Float)?;
+    let s1 = gw.f_mean_dim(dims.as_slice(), true, Kind::Float)?;
+    let s2 = (&gw * &xh).f_mean_dim(dims.as_slice(), true, Kind::Float)?;
+    let mut ds = rs * (gw - s1 - &xh * s2);
+    if let Some(gs) = a.grad_sum {
+        ds += gs.f_to_kind(Kind::Float)?;
+    }
+    a.dx.shallow_clone().f_copy_(&ds)?;
+    if let Some(dy) = a.dy {
+        dy.shallow_clone().f_copy_(&ds)?;
+    }
+    let rows = [0i64];
+    a.dw.shallow_clone().f_copy_(&(&g * &xh).f_sum_dim_intlist(
+        rows.as_slice(),
+        false,
+        Kind::Float,
+    )?)?;
+    a.db.shallow_clone()
+        .f_copy_(&g.f_sum_dim_intlist(rows.as_slice(), false, Kind::Float)?)?;
     Ok(())
 }

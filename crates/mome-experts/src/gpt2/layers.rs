@@ -1,6 +1,7 @@
 //! The layers of a GPT-2 block, with HF parameter names: `Conv1D`, layer norm,
 //! causal self-attention, the MLP and the block itself.
 
+use mome_core::norm::{add_layer_norm, AddLayerNorm, AddLnOutput, AddLnPath};
 use tch::{nn, Device, Kind, Tensor};
 
 use super::{Activation, Gpt2Config};
@@ -58,38 +59,41 @@ impl Conv1D {
     }
 }
 
-/// Layer norm computed in fp32, output cast back to the input kind.
+/// Layer norm computed in fp32, fused with the residual add before it.
 #[derive(Debug)]
 pub(crate) struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
-    dim: i64,
 }
 
 impl LayerNorm {
     pub(crate) fn new(p: &nn::Path, dim: i64, eps: f64) -> Self {
         let weight = p.var("weight", &[dim], nn::Init::Const(1.0));
         let bias = p.var("bias", &[dim], nn::Init::Const(0.0));
-        Self {
-            weight,
-            bias,
-            eps,
-            dim,
-        }
+        Self { weight, bias, eps }
     }
 
-    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
-        let kind = x.kind();
-        x.to_kind(Kind::Float)
-            .layer_norm(
-                [self.dim],
-                Some(&self.weight.to_kind(Kind::Float)),
-                Some(&self.bias.to_kind(Kind::Float)),
-                self.eps,
-                true,
-            )
-            .to_kind(kind)
+    /// `sum = residual + branch` (the residual without a branch) and `LN(sum)` in
+    /// `out_kind`, computed in fp32 ([`mome_core::norm`]).
+    pub(crate) fn add_forward(
+        &self,
+        residual: &Tensor,
+        branch: Option<&Tensor>,
+        out_kind: Kind,
+        path: AddLnPath,
+    ) -> Result<AddLnOutput> {
+        Ok(add_layer_norm(
+            &AddLayerNorm {
+                residual,
+                branch,
+                weight: &self.weight,
+                bias: &self.bias,
+                eps: self.eps,
+                out_kind,
+            },
+            path,
+        )?)
     }
 
     pub(crate) fn named(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
@@ -262,12 +266,39 @@ impl Mlp {
 }
 
 /// One pre-LN GPT-2 block: `h = x + attn(ln_1(x)); out = h + mlp(ln_2(h))`.
+///
+/// Each residual add is fused with the layer norm after it ([`mome_core::norm`]):
+/// the block takes the previous block's MLP output still unadded (`pending`) and
+/// returns its own, so that `out` is formed by the next block's `ln_1` (or the
+/// stack's `ln_f`).
 #[derive(Debug)]
 pub struct Gpt2Block {
     ln_1: LayerNorm,
     attn: Attention,
     ln_2: LayerNorm,
     mlp: Mlp,
+}
+
+/// What one block hands on: its output is `hidden + mlp`, left to the next add.
+pub(crate) struct BlockOutput {
+    /// The block's input, `x + pending`: the previous block's output.
+    pub input: Tensor,
+    /// `h = input + attn(ln_1(input))`.
+    pub hidden: Tensor,
+    /// `mlp(ln_2(h))`, not yet added to `h`.
+    pub mlp: Tensor,
+}
+
+/// The inputs of [`Gpt2Block::forward`] besides the residual.
+pub(crate) struct BlockInput<'a> {
+    /// The previous block's MLP output, not yet added to the residual.
+    pub pending: Option<&'a Tensor>,
+    pub mask: &'a AttnMask,
+    pub kv: Option<&'a mut Option<(Tensor, Tensor)>>,
+    /// The compute kind of the matmuls and attention.
+    pub kind: Kind,
+    pub train: bool,
+    pub add_ln: AddLnPath,
 }
 
 impl Gpt2Block {
@@ -281,19 +312,18 @@ impl Gpt2Block {
         }
     }
 
-    pub(crate) fn forward(
-        &self,
-        x: &Tensor,
-        mask: &AttnMask,
-        kv: Option<&mut Option<(Tensor, Tensor)>>,
-        kind: Kind,
-        train: bool,
-    ) -> Tensor {
-        let h = x + self
-            .attn
-            .forward(&self.ln_1.forward(x), mask, kv, kind, train);
-        let m = self.mlp.forward(&self.ln_2.forward(&h), kind, train);
-        h + m
+    pub(crate) fn forward(&self, x: &Tensor, i: BlockInput<'_>) -> Result<BlockOutput> {
+        let a = self.ln_1.add_forward(x, i.pending, i.kind, i.add_ln)?;
+        let attn = self.attn.forward(&a.normed, i.mask, i.kv, i.kind, i.train);
+        let h = self
+            .ln_2
+            .add_forward(&a.sum, Some(&attn), i.kind, i.add_ln)?;
+        let mlp = self.mlp.forward(&h.normed, i.kind, i.train);
+        Ok(BlockOutput {
+            input: a.sum,
+            hidden: h.sum,
+            mlp,
+        })
     }
 
     pub(crate) fn named(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {

@@ -4,7 +4,9 @@
 use mome_core::linear_ce::LinearHead;
 use tch::{nn, Device, Kind, Tensor};
 
-use super::layers::{build_attn_mask, check_float_kind, Gpt2Block, LayerNorm};
+use mome_core::fusion::{FusionMode, KernelConfig};
+
+use super::layers::{build_attn_mask, check_float_kind, BlockInput, Gpt2Block, LayerNorm};
 use super::Gpt2Config;
 use crate::error::{Error, Result};
 use crate::generate::KvCache;
@@ -27,6 +29,18 @@ pub struct Gpt2Stack {
     ln_f: LayerNorm,
     n_embd: i64,
     compute_kind: Kind,
+    add_layer_norm: FusionMode,
+}
+
+/// The kind of `a + b` for the float kinds of a residual stream and a branch.
+fn promoted(a: Kind, b: Kind) -> Kind {
+    if a == b {
+        a
+    } else if a == Kind::Double || b == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
 }
 
 impl Gpt2Stack {
@@ -43,6 +57,7 @@ impl Gpt2Stack {
             ln_f: LayerNorm::new(&p.sub("ln_f"), cfg.n_embd, cfg.layer_norm_epsilon),
             n_embd: cfg.n_embd,
             compute_kind: Kind::Float,
+            add_layer_norm: FusionMode::default(),
         })
     }
 
@@ -61,6 +76,11 @@ impl Gpt2Stack {
         check_float_kind(kind)?;
         self.compute_kind = kind;
         Ok(())
+    }
+
+    /// Applies the `[train.kernels]` keys that concern the stack (`add_layer_norm`).
+    pub fn set_kernels(&mut self, kernels: &KernelConfig) {
+        self.add_layer_norm = kernels.add_layer_norm;
     }
 
     /// Runs the blocks and `ln_f` over `hidden` `[B, T, n_embd]`.
@@ -104,15 +124,37 @@ impl Gpt2Stack {
         };
         let mask = build_attn_mask(attention_mask, b, t, past, hidden.device())?;
         let mut all = output_hidden_states.then(Vec::new);
+        let add_ln = self.add_layer_norm.resolve_add_ln(hidden.device());
         let mut h = hidden.shallow_clone();
+        let mut pending: Option<Tensor> = None;
         for (i, block) in self.blocks.iter().enumerate() {
-            if let Some(all) = all.as_mut() {
-                all.push(h.shallow_clone());
-            }
             let kv = cache.as_deref_mut().map(|c| c.layer_mut(i));
-            h = block.forward(&h, &mask, kv, self.compute_kind, train);
+            let out = block.forward(
+                &h,
+                BlockInput {
+                    pending: pending.as_ref(),
+                    mask: &mask,
+                    kv,
+                    kind: self.compute_kind,
+                    train,
+                    add_ln,
+                },
+            )?;
+            if let Some(all) = all.as_mut() {
+                all.push(out.input);
+            }
+            h = out.hidden;
+            pending = Some(out.mlp);
         }
-        let last = self.ln_f.forward(&h);
+        // ln_f's output keeps the residual stream's kind (fp32 for fp32 parameters).
+        let out_kind = match &pending {
+            Some(m) => promoted(h.kind(), m.kind()),
+            None => h.kind(),
+        };
+        let last = self
+            .ln_f
+            .add_forward(&h, pending.as_ref(), out_kind, add_ln)?
+            .normed;
         if let Some(all) = all.as_mut() {
             all.push(last.shallow_clone());
         }
@@ -527,6 +569,13 @@ impl Gpt2LmHeadModel {
         self.transformer.stack.set_compute_kind(kind)?;
         self.compute_kind = kind;
         Ok(())
+    }
+
+    /// Applies the `[train.kernels]` keys that concern the model's blocks
+    /// ([`Gpt2Stack::set_kernels`]); the LM head's loss takes its keys from the
+    /// objective.
+    pub fn set_kernels(&mut self, kernels: &KernelConfig) {
+        self.transformer.stack.set_kernels(kernels);
     }
 
     /// The LM head: `hidden @ lm_head^T` with both cast to the compute kind; the
