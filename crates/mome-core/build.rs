@@ -1,8 +1,9 @@
 //! Build script: libtorch rpath and CUDA linking (shared with other crates through
 //! the `mome-build-support` crate), and the C++ shim: the gradient hooks of the
 //! data-parallel all-reduce (`csrc/grad_hooks.cpp`), libtorch's multi-tensor
-//! optimizer kernels (`csrc/fused_optim.cpp`) and the residual add + layer norm
-//! autograd function (`csrc/add_layer_norm.cpp`).
+//! optimizer kernels (`csrc/fused_optim.cpp`), the residual add + layer norm
+//! autograd function (`csrc/add_layer_norm.cpp`) and the Kineto kernel trace
+//! (`csrc/kernel_trace.cpp`).
 
 fn main() {
     mome_build_support::link_libtorch();
@@ -12,10 +13,11 @@ fn main() {
 /// Compiles the files of `csrc/` against the libtorch that torch-sys links (its
 /// `DEP_TCH_LIBTORCH_LIB`, else `$LIBTORCH/lib`).
 fn cxx_shim() {
-    const FILES: [&str; 3] = [
+    const FILES: [&str; 4] = [
         "csrc/grad_hooks.cpp",
         "csrc/fused_optim.cpp",
         "csrc/add_layer_norm.cpp",
+        "csrc/kernel_trace.cpp",
     ];
     for f in FILES {
         println!("cargo:rerun-if-changed={f}");

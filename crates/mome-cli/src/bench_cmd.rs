@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use mome_core::fusion::{FusionMode, LinearCeMode};
 use mome_core::optim::AdamWImpl;
+use mome_core::profile::KernelTrace;
 use mome_core::trainer::BenchOptions;
 use mome_core::DeviceSpec;
 use mome_pipeline::bench::{run_bench, BenchMode, BenchParams, BenchRun, H100_BF16_DENSE_PEAK};
@@ -79,6 +80,12 @@ pub struct BenchTrainArgs {
     /// Override `[train.kernels] add_layer_norm`: auto, reference or fused.
     #[arg(long)]
     add_layer_norm: Option<FusionMode>,
+    /// Write a kernel-level trace of the whole bench (warm-up, timed and profiled
+    /// steps; libtorch's Kineto profiler) to PATH as Chrome trace JSON
+    /// (`scripts/trace_summary.py PATH --steps N` sums the kernels per step). The
+    /// timings of a traced bench include the tracer's overhead.
+    #[arg(long, value_name = "PATH")]
+    trace: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -108,7 +115,19 @@ pub fn run_bench_cmd(cmd: BenchCommand) -> Result<()> {
         add_layer_norm: a.add_layer_norm,
         peak_flops: a.peak_flops,
     };
+    let trace = match &a.trace {
+        Some(_) => {
+            let device = a.device.unwrap_or(params.run.device).resolve()?;
+            Some(KernelTrace::start(device).context("starting the kernel trace")?)
+        }
+        None => None,
+    };
     let r = run_bench(&params, &run).with_context(|| format!("bench {}", a.config.display()))?;
+    if let (Some(t), Some(path)) = (trace, &a.trace) {
+        t.finish(path)
+            .with_context(|| format!("writing the kernel trace {}", path.display()))?;
+        eprintln!("kernel trace: {}", path.display());
+    }
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());

@@ -64,6 +64,8 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+    fn mome_trace_start(cuda: c_int, err: *mut c_char, err_len: usize) -> i32;
+    fn mome_trace_stop(path: *const c_char, err: *mut c_char, err_len: usize) -> i32;
     fn mome_foreach_mul_(
         tensors: *const *const CT,
         n: usize,
@@ -197,6 +199,30 @@ pub(crate) fn foreach_mul_(tensors: &[Tensor], scalar: &Tensor) -> Result<()> {
     };
     if rc != 0 {
         return Err(shim_error("foreach multiply", &err));
+    }
+    Ok(())
+}
+
+/// Starts libtorch's Kineto profiler (CPU operators, and CUDA kernels when `cuda`).
+pub(crate) fn trace_start(cuda: bool) -> Result<()> {
+    let mut err = [0 as c_char; 1024];
+    // SAFETY: `err` is writable for its length.
+    let rc = unsafe { mome_trace_start(c_int::from(cuda), err.as_mut_ptr(), err.len()) };
+    if rc != 0 {
+        return Err(shim_error("starting the kernel trace", &err));
+    }
+    Ok(())
+}
+
+/// Stops the profiler of [`trace_start`] and writes its Chrome trace to `path`.
+pub(crate) fn trace_stop(path: &std::path::Path) -> Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Config(format!("trace path {} has a NUL byte", path.display())))?;
+    let mut err = [0 as c_char; 1024];
+    // SAFETY: `c` is a NUL-terminated path; `err` is writable for its length.
+    let rc = unsafe { mome_trace_stop(c.as_ptr(), err.as_mut_ptr(), err.len()) };
+    if rc != 0 {
+        return Err(shim_error("writing the kernel trace", &err));
     }
     Ok(())
 }

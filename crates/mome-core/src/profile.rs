@@ -11,6 +11,49 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
+/// A kernel-level trace of the whole process (libtorch's Kineto profiler, the one
+/// behind `torch.profiler`): every CPU operator and, on CUDA, every kernel with its
+/// device time, written as a Chrome trace (`mome bench train --trace`;
+/// `scripts/trace_summary.py` sums the kernels by name). One at a time per process.
+#[derive(Debug)]
+pub struct KernelTrace {
+    running: bool,
+}
+
+impl KernelTrace {
+    /// Starts tracing (CUDA kernels too when `device` is CUDA).
+    pub fn start(device: Device) -> crate::Result<Self> {
+        crate::fused::trace_start(device.is_cuda())?;
+        Ok(Self { running: true })
+    }
+
+    /// Stops tracing and writes the trace to `path` (through a temporary file beside
+    /// it, renamed when complete).
+    pub fn finish(mut self, path: &std::path::Path) -> crate::Result<()> {
+        self.running = false;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".partial");
+        let tmp = std::path::PathBuf::from(tmp);
+        crate::fused::trace_stop(&tmp)?;
+        std::fs::rename(&tmp, path).map_err(|e| crate::Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })
+    }
+}
+
+impl Drop for KernelTrace {
+    fn drop(&mut self) {
+        if self.running {
+            // Stopped without a file: the profiler is disabled, the events dropped.
+            let dir = std::env::temp_dir().join(format!("mome-trace-{}.json", std::process::id()));
+            if crate::fused::trace_stop(&dir).is_ok() {
+                let _ = std::fs::remove_file(&dir);
+            }
+        }
+    }
+}
+
 /// Synchronises `device` (a no-op on the CPU).
 pub fn sync(device: Device) {
     if let Device::Cuda(i) = device {

@@ -687,14 +687,19 @@ impl MoeModel {
         } else {
             None
         };
-        // Per embedding set: the sum of its experts' outputs and the rows touched.
+        // Per embedding set: the sum of its experts' outputs and the rows touched. A
+        // group of every row in order (a single-domain batch, the common expert) takes
+        // the embeddings as they are and adds its output whole: no gather, no scatter.
         let mut sums: BTreeMap<usize, (Tensor, Vec<i64>)> = BTreeMap::new();
         for (id, rows) in &groups {
             let x = self.expert(*id)?;
+            let whole = rows.len() as i64 == b && rows.iter().zip(0..).all(|(&r, i)| r == i);
             let idx = Tensor::from_slice(rows).to_device(self.device);
-            let h_in = match &shared_emb {
-                Some(h) => h.index_select(0, &idx),
-                None => self.embed(x.emb, &ids.index_select(0, &idx), train)?,
+            let h_in = match (&shared_emb, whole) {
+                (Some(h), true) => h.shallow_clone(),
+                (Some(h), false) => h.index_select(0, &idx),
+                (None, true) => self.embed(x.emb, &ids, train)?,
+                (None, false) => self.embed(x.emb, &ids.index_select(0, &idx), train)?,
             };
             let dev = self.expert_device(*id);
             let h_in = if dev == self.device {
@@ -707,22 +712,36 @@ impl MoeModel {
             if dev != self.device {
                 h_out = h_out.f_to_device(self.device)?;
             }
-            let entry = sums.entry(x.emb).or_insert_with(|| {
-                (
-                    Tensor::zeros([b, t, e.n_embd], (Kind::Float, self.device)),
-                    Vec::new(),
-                )
-            });
-            entry.0 = entry.0.index_add(0, &idx, &h_out);
-            entry.1.extend(rows);
+            match sums.entry(x.emb) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let sum = if whole {
+                        h_out
+                    } else {
+                        Tensor::zeros([b, t, e.n_embd], (Kind::Float, self.device))
+                            .index_add(0, &idx, &h_out)
+                    };
+                    v.insert((sum, rows.clone()));
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    let entry = o.get_mut();
+                    entry.0 = if whole {
+                        &entry.0 + &h_out
+                    } else {
+                        entry.0.index_add(0, &idx, &h_out)
+                    };
+                    entry.1.extend(rows);
+                }
+            }
         }
+        // One active expert per sequence: the average is the sum.
+        let single = counts.iter().all(|&c| c == 1.0);
         let parts = sums
             .into_iter()
             .map(|(emb, (sum, mut rows))| {
                 rows.sort_unstable();
                 rows.dedup();
                 HeadPart {
-                    hidden: sum * &inv,
+                    hidden: if single { sum } else { sum * &inv },
                     head: self.embeddings[emb].head().shallow_clone(),
                     rows,
                 }

@@ -130,6 +130,42 @@ fn mixed_batch_routes_each_sequence_to_its_expert() {
     }
 }
 
+/// A single-domain batch (every row to one expert, the bench's and the blocks
+/// sampler's case) takes the expert's output whole; alone and with the common expert it
+/// gives what the gathered path of a mixed batch gives for the same sequences.
+#[test]
+fn single_domain_batch_matches_the_gathered_path() {
+    let cfg = moe_cfg(Arch::MoeCe, &["en", "fr"], false);
+    let (_vs, model) = build(&cfg, 4);
+    let x = ids(3, 9);
+    let choices = vec![ExpertChoice::label(1, 2); 3];
+    let _g = tch::no_grad_guard();
+    for common in [false, true] {
+        let whole = model
+            .forward(&x, &choices, &Setting::routed(common), false)
+            .unwrap();
+        // Row 0 to the other expert: rows 1 and 2 go through the gathered path.
+        let mut mixed_choices = choices.clone();
+        mixed_choices[0] = ExpertChoice::label(0, 2);
+        let mixed = model
+            .forward(&x, &mixed_choices, &Setting::routed(common), false)
+            .unwrap();
+        assert!(
+            close(&whole.logits.narrow(0, 1, 2), &mixed.logits.narrow(0, 1, 2)),
+            "common={common}"
+        );
+        assert!(!close(
+            &whole.logits.narrow(0, 0, 1),
+            &mixed.logits.narrow(0, 0, 1)
+        ));
+    }
+    let (_rvs, r) = reference(&model, ExpertId::Domain(1));
+    let out = model
+        .forward(&x, &choices, &Setting::routed(false), false)
+        .unwrap();
+    assert!(close(&out.logits, &ref_logits(&r, &x)));
+}
+
 #[test]
 fn low_confidence_goes_to_common_expert_alone() {
     let cfg = moe_cfg(Arch::MoeCe, &["en", "fr"], true);
