@@ -8,22 +8,27 @@
 // and 1/std, as torch's own layer norm does.
 //
 // AddLayerNorm: x (the residual [.., d]), y (the branch, same shape), w, b ([d], x's
-// kind), eps, the output's ScalarType -> (sum in x's kind, out); backward dx (x's
-// kind), dy (y's kind), dw, db.
+// kind), eps, the branch's dropout probability p, the output's ScalarType -> (sum in
+// x's kind, out); backward dx (x's kind), dy (y's kind), dw, db. With p > 0 the
+// forward draws an int64 seed from the device's generator and saves it: the kernels
+// hash it with each element's index for the mask, forward and backward alike.
 // LayerNormOnly: the same without y -> (out).
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <array>
 #include <cstdio>
+#include <limits>
 #include <exception>
 
 extern "C" {
-// Tensors in order: x, y, w, b, sum, out, mean, rstd (y and sum may be null).
-typedef int (*mome_add_ln_fwd_fn)(const at::Tensor *const *t, double eps, char *err,
+// Tensors in order: x, y, w, b, sum, out, mean, rstd, seed (y and sum may be null; the
+// seed, int64 [1], is null without dropout); then eps and the dropout probability.
+typedef int (*mome_add_ln_fwd_fn)(const at::Tensor *const *t, double eps, double p, char *err,
                                   size_t err_len);
-// Tensors in order: sum, mean, rstd, w, grad_out, grad_sum, dx, dy, dw, db (grad_sum
-// and dy may be null).
-typedef int (*mome_add_ln_bwd_fn)(const at::Tensor *const *t, char *err, size_t err_len);
+// Tensors in order: sum, mean, rstd, w, grad_out, grad_sum, dx, dy, dw, db, seed
+// (grad_sum, dy and the seed may be null); then the dropout probability.
+typedef int (*mome_add_ln_bwd_fn)(const at::Tensor *const *t, double p, char *err,
+                                  size_t err_len);
 }
 
 namespace {
@@ -33,7 +38,7 @@ using torch::autograd::variable_list;
 
 // The forward of both functions below (`y` undefined: a plain layer norm).
 variable_list forward_impl(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &y,
-                           const at::Tensor &w, const at::Tensor &b, double eps,
+                           const at::Tensor &w, const at::Tensor &b, double eps, double p,
                            int64_t out_kind, int64_t fwd, int64_t bwd) {
   const int64_t d = x.size(-1);
   const int64_t rows = x.numel() / d;
@@ -48,14 +53,20 @@ variable_list forward_impl(AutogradContext *ctx, const at::Tensor &x, const at::
   at::Tensor y2 = has_y ? y.view({rows, d}) : at::Tensor();
   at::Tensor sum2 = has_y ? sum.view({rows, d}) : at::Tensor();
   at::Tensor out2 = out.view({rows, d});
-  const at::Tensor *t[8] = {&x2, has_y ? &y2 : nullptr, &w, &b, has_y ? &sum2 : nullptr,
-                            &out2, &mean, &rstd};
+  // The mask's seed, from the device's default generator (as torch's dropout draws).
+  const bool drop = has_y && p > 0.0;
+  at::Tensor seed = drop ? at::randint(std::numeric_limits<int64_t>::max(), {1},
+                                       x.options().dtype(at::kLong))
+                         : at::Tensor();
+  const at::Tensor *t[9] = {&x2,  has_y ? &y2 : nullptr, &w, &b, has_y ? &sum2 : nullptr,
+                            &out2, &mean, &rstd, drop ? &seed : nullptr};
   char err[1024] = {0};
-  if (reinterpret_cast<mome_add_ln_fwd_fn>(fwd)(t, eps, err, sizeof err) != 0) {
+  if (reinterpret_cast<mome_add_ln_fwd_fn>(fwd)(t, eps, p, err, sizeof err) != 0) {
     TORCH_CHECK(false, "add + layer norm forward: ", err);
   }
-  ctx->save_for_backward({has_y ? sum : x, w, mean, rstd});
+  ctx->save_for_backward({has_y ? sum : x, w, mean, rstd, seed});
   ctx->saved_data["bwd"] = bwd;
+  ctx->saved_data["p"] = drop ? p : 0.0;
   ctx->saved_data["y_kind"] = has_y ? static_cast<int64_t>(y.scalar_type()) : int64_t(-1);
   ctx->saved_data["out_kind"] = out_kind;
   if (has_y) {
@@ -68,6 +79,8 @@ variable_list forward_impl(AutogradContext *ctx, const at::Tensor &x, const at::
 std::array<at::Tensor, 4> backward_impl(AutogradContext *ctx, const variable_list &grads) {
   auto saved = ctx->get_saved_variables();
   const at::Tensor &s = saved[0], &w = saved[1], &mean = saved[2], &rstd = saved[3];
+  const at::Tensor &seed = saved[4];
+  const double p = ctx->saved_data["p"].toDouble();
   const int64_t y_kind = ctx->saved_data["y_kind"].toInt();
   const bool has_y = y_kind >= 0;
   const int64_t out_kind = ctx->saved_data["out_kind"].toInt();
@@ -87,11 +100,12 @@ std::array<at::Tensor, 4> backward_impl(AutogradContext *ctx, const variable_lis
             : at::Tensor();
   at::Tensor dw = at::empty({d}, w.options());
   at::Tensor db = at::empty({d}, w.options());
-  const at::Tensor *t[10] = {&s2, &mean, &rstd, &w, &g_out, g_sum.defined() ? &g_sum : nullptr,
-                             &dx, has_y ? &dy : nullptr, &dw, &db};
+  const at::Tensor *t[11] = {&s2, &mean, &rstd, &w, &g_out, g_sum.defined() ? &g_sum : nullptr,
+                             &dx, has_y ? &dy : nullptr, &dw, &db,
+                             seed.defined() ? &seed : nullptr};
   char err[1024] = {0};
   auto bwd = reinterpret_cast<mome_add_ln_bwd_fn>(ctx->saved_data["bwd"].toInt());
-  if (bwd(t, err, sizeof err) != 0) {
+  if (bwd(t, p, err, sizeof err) != 0) {
     TORCH_CHECK(false, "add + layer norm backward: ", err);
   }
   return {dx.view(shape), has_y ? dy.view(shape) : dy, dw, db};
@@ -100,14 +114,15 @@ std::array<at::Tensor, 4> backward_impl(AutogradContext *ctx, const variable_lis
 // (x + y, LN(x + y)).
 struct AddLayerNorm : public torch::autograd::Function<AddLayerNorm> {
   static variable_list forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &y,
-                               const at::Tensor &w, const at::Tensor &b, double eps,
+                               const at::Tensor &w, const at::Tensor &b, double eps, double p,
                                int64_t out_kind, int64_t fwd, int64_t bwd) {
-    return forward_impl(ctx, x, y, w, b, eps, out_kind, fwd, bwd);
+    return forward_impl(ctx, x, y, w, b, eps, p, out_kind, fwd, bwd);
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
     auto g = backward_impl(ctx, grads);
-    return {g[0], g[1], g[2], g[3], at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {g[0],         g[1],         g[2],         g[3],        at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -116,7 +131,7 @@ struct LayerNormOnly : public torch::autograd::Function<LayerNormOnly> {
   static variable_list forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &w,
                                const at::Tensor &b, double eps, int64_t out_kind, int64_t fwd,
                                int64_t bwd) {
-    return forward_impl(ctx, x, at::Tensor(), w, b, eps, out_kind, fwd, bwd);
+    return forward_impl(ctx, x, at::Tensor(), w, b, eps, 0.0, out_kind, fwd, bwd);
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
@@ -133,12 +148,13 @@ extern "C" {
 // tensors owned by the caller (tch's at::Tensor* handles). Returns 0, or -1 with a
 // message in `err`.
 int mome_add_layer_norm(const at::Tensor *x, const at::Tensor *y, const at::Tensor *w,
-                        const at::Tensor *b, double eps, int out_kind, mome_add_ln_fwd_fn fwd,
+                        const at::Tensor *b, double eps, double p, int out_kind,
+                        mome_add_ln_fwd_fn fwd,
                         mome_add_ln_bwd_fn bwd, at::Tensor **out, char *err, size_t err_len) {
   try {
     const auto f = reinterpret_cast<int64_t>(fwd), g = reinterpret_cast<int64_t>(bwd);
     if (y) {
-      auto r = AddLayerNorm::apply(*x, *y, *w, *b, eps, int64_t(out_kind), f, g);
+      auto r = AddLayerNorm::apply(*x, *y, *w, *b, eps, p, int64_t(out_kind), f, g);
       out[0] = new at::Tensor(r[0]);
       out[1] = new at::Tensor(r[1]);
     } else {

@@ -57,6 +57,7 @@ extern "C" {
         w: *const CT,
         b: *const CT,
         eps: f64,
+        dropout: f64,
         out_kind: c_int,
         fwd: AddLnFwdFn,
         bwd: AddLnBwdFn,
@@ -227,11 +228,12 @@ pub(crate) fn trace_stop(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-type AddLnFwdFn = unsafe extern "C" fn(*const *const CT, f64, *mut c_char, usize) -> c_int;
-type AddLnBwdFn = unsafe extern "C" fn(*const *const CT, *mut c_char, usize) -> c_int;
+type AddLnFwdFn = unsafe extern "C" fn(*const *const CT, f64, f64, *mut c_char, usize) -> c_int;
+type AddLnBwdFn = unsafe extern "C" fn(*const *const CT, f64, *mut c_char, usize) -> c_int;
 
 /// Applies the add + layer norm autograd function: `(Some(x + y), ln(x + y))` with a
-/// branch, `(None, ln(x))` without; `ln`'s output in `out_kind`. The caller checks the
+/// branch (dropped out with probability `dropout` first), `(None, ln(x))` without;
+/// `ln`'s output in `out_kind`. The caller checks the
 /// kinds and shapes the callbacks take (contiguous fp32 residual and parameters, see
 /// [`crate::norm`]).
 pub(crate) fn add_layer_norm(
@@ -240,6 +242,7 @@ pub(crate) fn add_layer_norm(
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
+    dropout: f64,
     out_kind: Kind,
 ) -> Result<(Option<Tensor>, Tensor)> {
     let out_kind = scalar_type(out_kind)?;
@@ -255,6 +258,7 @@ pub(crate) fn add_layer_norm(
             weight.as_ptr() as *const CT,
             bias.as_ptr() as *const CT,
             eps,
+            dropout,
             out_kind,
             add_ln_fwd_cb,
             add_ln_bwd_cb,
@@ -339,16 +343,24 @@ fn required(t: &[Option<Tensor>], i: usize) -> Result<&Tensor> {
         .ok_or_else(|| Error::Kernel(format!("add + layer norm: tensor {i} is missing")))
 }
 
+/// The dropout of a callback: probability `p` with the seed tensor `seed`.
+fn branch_dropout(p: f64, seed: Option<&Tensor>) -> Option<kernels::BranchDropout<'_>> {
+    seed.filter(|_| p > 0.0)
+        .map(|seed| kernels::BranchDropout { p, seed })
+}
+
 /// The forward callback of csrc/add_layer_norm.cpp: tensors x, y, w, b, sum, out, mean,
-/// rstd (`[rows, d]` views; y and sum may be null).
+/// rstd, seed (`[rows, d]` views; y and sum may be null, the seed is null without
+/// dropout), eps and the dropout probability.
 unsafe extern "C" fn add_ln_fwd_cb(
     t: *const *const CT,
     eps: f64,
+    p: f64,
     err: *mut c_char,
     len: usize,
 ) -> c_int {
-    // SAFETY: the shim passes 8 entries and a writable `err` of `len` bytes.
-    let t = unsafe { borrowed(t, 8) };
+    // SAFETY: the shim passes 9 entries and a writable `err` of `len` bytes.
+    let t = unsafe { borrowed(t, 9) };
     unsafe {
         callback(err, len, || {
             let a = AddLnForward {
@@ -361,6 +373,7 @@ unsafe extern "C" fn add_ln_fwd_cb(
                 out: required(&t, 5)?,
                 mean: required(&t, 6)?,
                 rstd: required(&t, 7)?,
+                dropout: branch_dropout(p, t[8].as_ref()),
             };
             if a.x.device().is_cuda() {
                 kernels::add_ln_forward(&a)
@@ -372,10 +385,16 @@ unsafe extern "C" fn add_ln_fwd_cb(
 }
 
 /// The backward callback of csrc/add_layer_norm.cpp: tensors sum, mean, rstd, w,
-/// grad_out, grad_sum, dx, dy, dw, db (grad_sum and dy may be null).
-unsafe extern "C" fn add_ln_bwd_cb(t: *const *const CT, err: *mut c_char, len: usize) -> c_int {
-    // SAFETY: the shim passes 10 entries and a writable `err` of `len` bytes.
-    let t = unsafe { borrowed(t, 10) };
+/// grad_out, grad_sum, dx, dy, dw, db, seed (grad_sum, dy and the seed may be null),
+/// and the forward's dropout probability.
+unsafe extern "C" fn add_ln_bwd_cb(
+    t: *const *const CT,
+    p: f64,
+    err: *mut c_char,
+    len: usize,
+) -> c_int {
+    // SAFETY: the shim passes 11 entries and a writable `err` of `len` bytes.
+    let t = unsafe { borrowed(t, 11) };
     unsafe {
         callback(err, len, || {
             let a = AddLnBackward {
@@ -389,6 +408,7 @@ unsafe extern "C" fn add_ln_bwd_cb(t: *const *const CT, err: *mut c_char, len: u
                 dy: t[7].as_ref(),
                 dw: required(&t, 8)?,
                 db: required(&t, 9)?,
+                dropout: branch_dropout(p, t[10].as_ref()),
             };
             if a.sum.device().is_cuda() {
                 kernels::add_ln_backward(&a)

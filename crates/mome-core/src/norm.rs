@@ -5,12 +5,15 @@
 //! Two paths compute the same values ([`AddLnPath`], config key
 //! `[train.kernels] add_layer_norm`, [`crate::fusion::KernelConfig`]):
 //!
-//! * [`AddLnPath::Reference`]: libtorch operators under autograd (the add, an fp32
-//!   layer norm, a cast), several passes over `[rows, d]`;
+//! * [`AddLnPath::Reference`]: libtorch operators under autograd (the branch's
+//!   dropout, the add, an fp32 layer norm, a cast), several passes over `[rows, d]`;
 //! * [`AddLnPath::Fused`]: one autograd function (`csrc/add_layer_norm.cpp`) whose
 //!   forward reads `x` and `y` once and writes the sum, the output and the row
 //!   statistics, and whose backward writes `dx`, `dy` and the parameter gradients in
-//!   one pass, both as mome's CUDA kernels (`kernels/add_layer_norm.cu`). On the CPU
+//!   one pass, both as mome's CUDA kernels (`kernels/add_layer_norm.cu`). The branch's
+//!   dropout happens inside them: its mask is a hash of a seed drawn from the device's
+//!   generator and of each element's index, recomputed in the backward (no mask is
+//!   stored; a different mask than torch's dropout draws, of the same law). On the CPU
 //!   the same function runs the kernels' libtorch references, so its autograd wiring is
 //!   tested without a GPU. The kernels take an fp32 or bf16 residual with parameters of
 //!   its kind (fp32 for trained models, bf16 for a teacher stored in bf16), a branch of
@@ -24,7 +27,7 @@
 //! let x = Tensor::randn([2, 3, 8], (Kind::Float, Device::Cpu));
 //! let y = Tensor::randn([2, 3, 8], (Kind::Float, Device::Cpu));
 //! let (w, b) = (Tensor::ones([8], (Kind::Float, Device::Cpu)), Tensor::zeros([8], (Kind::Float, Device::Cpu)));
-//! let a = AddLayerNorm { residual: &x, branch: Some(&y), weight: &w, bias: &b, eps: 1e-5, out_kind: Kind::Float };
+//! let a = AddLayerNorm { residual: &x, branch: Some(&y), weight: &w, bias: &b, eps: 1e-5, dropout: 0.0, out_kind: Kind::Float };
 //! let fused = add_layer_norm(&a, AddLnPath::Fused).unwrap();
 //! let reference = add_layer_norm(&a, AddLnPath::Reference).unwrap();
 //! assert!(fused.sum.allclose(&(&x + &y), 1e-6, 1e-6, false));
@@ -58,6 +61,9 @@ pub struct AddLayerNorm<'a> {
     pub bias: &'a Tensor,
     /// Added to the variance.
     pub eps: f64,
+    /// Dropout of the branch before the add (its probability; 0: none). The caller
+    /// passes 0 outside training.
+    pub dropout: f64,
     /// The kind of the normalised output (the next matmul's compute kind).
     pub out_kind: Kind,
 }
@@ -94,11 +100,24 @@ pub fn add_layer_norm(a: &AddLayerNorm<'_>, path: AddLnPath) -> Result<AddLnOutp
             )));
         }
     }
+    if !(0.0..=1.0).contains(&a.dropout) {
+        return Err(Error::Config(format!(
+            "branch dropout {} is outside [0, 1]",
+            a.dropout
+        )));
+    }
     if path == AddLnPath::Fused && fused_takes(a, d) {
         let x = a.residual.f_contiguous()?;
         let y = a.branch.map(Tensor::f_contiguous).transpose()?;
-        let (sum, normed) =
-            crate::fused::add_layer_norm(&x, y.as_ref(), a.weight, a.bias, a.eps, a.out_kind)?;
+        let (sum, normed) = crate::fused::add_layer_norm(
+            &x,
+            y.as_ref(),
+            a.weight,
+            a.bias,
+            a.eps,
+            a.dropout,
+            a.out_kind,
+        )?;
         return Ok(AddLnOutput {
             sum: sum.unwrap_or(x),
             normed,
@@ -123,12 +142,14 @@ fn fused_takes(a: &AddLayerNorm<'_>, d: i64) -> bool {
                 && y.device() == dev
         })
         && float_or_bf16(a.out_kind)
+        && a.dropout < 1.0
         && d <= crate::kernels::ADD_LN_MAX_WIDTH
         && a.residual.numel() > 0
 }
 
 fn reference(a: &AddLayerNorm<'_>, d: i64) -> Result<AddLnOutput> {
     let sum = match a.branch {
+        Some(y) if a.dropout > 0.0 => a.residual.f_add(&y.f_dropout(a.dropout, true)?)?,
         Some(y) => a.residual.f_add(y)?,
         None => a.residual.shallow_clone(),
     };
@@ -160,6 +181,7 @@ mod tests {
             weight: &w,
             bias: &w,
             eps: 1e-5,
+            dropout: 0.0,
             out_kind: Kind::Float,
         };
         assert!(add_layer_norm(&a, AddLnPath::Fused).is_err());
@@ -172,6 +194,7 @@ mod tests {
             weight: &w,
             bias: &w,
             eps: 1e-5,
+            dropout: 0.0,
             out_kind: Kind::Double,
         };
         let o = add_layer_norm(&a, AddLnPath::Fused).unwrap();

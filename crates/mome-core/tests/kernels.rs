@@ -60,6 +60,7 @@ fn add_ln_run(c: LnCase, path: AddLnPath, dev: Device) -> Vec<Tensor> {
         weight: &w,
         bias: &b,
         eps: 1e-5,
+        dropout: 0.0,
         out_kind: c.out,
     };
     let o = add_layer_norm(&a, path).unwrap();
@@ -94,6 +95,64 @@ fn add_ln_agrees(c: LnCase, dev: Device) {
             diff <= tol * scale,
             "{c:?} output {i}: max diff {diff} (scale {scale})"
         );
+    }
+}
+
+/// The fused function's branch dropout on `dev`: the dropped fraction is near `p`, the
+/// kept elements are scaled by `1 / (1 - p)`, and the backward drops the same elements
+/// (the mask is recomputed from the seed): `dy = gs * keep / (1 - p)`, `dx = gs`.
+fn add_ln_dropout_is_consistent(dev: Device, kind: Kind) {
+    let (rows, d, p) = (256i64, 96i64, 0.1f64);
+    let f = (Kind::Float, dev);
+    let n = rows * d;
+    let x = (Tensor::arange(n, f) * 0.37)
+        .sin()
+        .reshape([rows, d])
+        .set_requires_grad(true);
+    // A branch without zeros, so that a zero of sum - x is a dropped element.
+    let y = ((Tensor::arange(n, f) * 1.13).sin().abs() + 0.5)
+        .reshape([rows, d])
+        .to_kind(kind)
+        .set_requires_grad(true);
+    let w = Tensor::ones([d], f).set_requires_grad(true);
+    let b = Tensor::zeros([d], f).set_requires_grad(true);
+    let a = AddLayerNorm {
+        residual: &x,
+        branch: Some(&y),
+        weight: &w,
+        bias: &b,
+        eps: 1e-5,
+        dropout: p,
+        out_kind: kind,
+    };
+    let o = add_layer_norm(&a, AddLnPath::Fused).unwrap();
+    let added = (&o.sum - &x).detach();
+    let kept = added.abs().gt(1e-6);
+    let frac = 1.0
+        - kept
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[]);
+    assert!((frac - p).abs() < 0.02, "{kind:?}: dropped {frac}");
+    let yf = y.detach().to_kind(Kind::Float);
+    let want = (&yf / (1.0 - p)).where_self(&kept, &yf.zeros_like());
+    let tol = if kind == Kind::Float { 1e-5 } else { 2e-2 };
+    assert!((&added - &want).abs().max().double_value(&[]) < tol);
+    let gs = (Tensor::arange(n, f) * 0.29).cos().reshape([rows, d]);
+    (o.sum * &gs).sum(Kind::Float).backward();
+    let gy = y.grad().to_kind(Kind::Float);
+    let want = (&gs / (1.0 - p)).where_self(&kept, &gs.zeros_like());
+    assert!(
+        (&gy - &want).abs().max().double_value(&[]) < tol,
+        "{kind:?}: dy"
+    );
+    assert!((x.grad() - &gs).abs().max().double_value(&[]) < 1e-6);
+}
+
+#[test]
+fn add_layer_norm_dropout_masks_forward_and_backward_alike_on_the_cpu() {
+    for kind in [Kind::Float, Kind::BFloat16] {
+        add_ln_dropout_is_consistent(Device::Cpu, kind);
     }
 }
 
@@ -264,6 +323,93 @@ mod cuda {
             for c in super::ln_cases(rows, d) {
                 super::add_ln_agrees(c, Device::Cuda(0));
             }
+        }
+        for kind in [Kind::Float, Kind::BFloat16] {
+            super::add_ln_dropout_is_consistent(Device::Cuda(0), kind);
+        }
+    }
+
+    /// With dropout, the kernels and their references draw the same mask from one
+    /// seed: equal sums, outputs and gradients.
+    #[test]
+    fn add_layer_norm_dropout_kernels_match_their_references() {
+        use mome_core::kernels::{
+            add_ln_backward, add_ln_backward_reference, add_ln_forward, add_ln_forward_reference,
+            AddLnBackward, AddLnForward, BranchDropout,
+        };
+        let dev = Device::Cuda(0);
+        let f = (Kind::Float, dev);
+        let (rows, d) = (512i64, 768i64);
+        let n = rows * d;
+        let x = (Tensor::arange(n, f) * 0.37).sin().reshape([rows, d]);
+        let y = (Tensor::arange(n, f) * 1.13)
+            .cos()
+            .reshape([rows, d])
+            .to_kind(Kind::BFloat16);
+        let w = Tensor::ones([d], f) * 1.1;
+        let b = Tensor::ones([d], f) * 0.1;
+        let seed = Tensor::from_slice(&[0x1234_5678_9abci64]).to_device(dev);
+        let drop = BranchDropout {
+            p: 0.1,
+            seed: &seed,
+        };
+        let outs = |kernel: bool| {
+            let (sum, out) = (
+                x.empty_like(),
+                Tensor::empty([rows, d], (Kind::BFloat16, dev)),
+            );
+            let (mean, rstd) = (Tensor::empty([rows], f), Tensor::empty([rows], f));
+            let a = AddLnForward {
+                x: &x,
+                y: Some(&y),
+                weight: &w,
+                bias: &b,
+                eps: 1e-5,
+                sum: Some(&sum),
+                out: &out,
+                mean: &mean,
+                rstd: &rstd,
+                dropout: Some(drop),
+            };
+            let r = if kernel {
+                add_ln_forward(&a)
+            } else {
+                add_ln_forward_reference(&a)
+            };
+            r.unwrap();
+            let g = (Tensor::arange(n, f) * 0.91)
+                .sin()
+                .reshape([rows, d])
+                .to_kind(Kind::BFloat16);
+            let gs = (Tensor::arange(n, f) * 0.29).cos().reshape([rows, d]);
+            let (dx, dy) = (x.empty_like(), y.empty_like());
+            let (dw, db) = (w.empty_like(), w.empty_like());
+            let bw = AddLnBackward {
+                sum: &sum,
+                mean: &mean,
+                rstd: &rstd,
+                weight: &w,
+                grad_out: &g,
+                grad_sum: Some(&gs),
+                dx: &dx,
+                dy: Some(&dy),
+                dw: &dw,
+                db: &db,
+                dropout: Some(drop),
+            };
+            let r = if kernel {
+                add_ln_backward(&bw)
+            } else {
+                add_ln_backward_reference(&bw)
+            };
+            r.unwrap();
+            [sum, out, mean, rstd, dx, dy, dw, db].map(|t| t.to_kind(Kind::Float))
+        };
+        let (k, r) = (outs(true), outs(false));
+        for (i, (k, r)) in k.iter().zip(&r).enumerate() {
+            let scale = r.abs().max().double_value(&[]).max(1.0);
+            let diff = (k - r).abs().max().double_value(&[]);
+            assert!(diff <= 2e-2 * scale, "output {i}: max diff {diff}");
         }
     }
 

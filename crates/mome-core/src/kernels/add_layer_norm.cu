@@ -7,7 +7,11 @@
 //
 // Forward, per row (x the residual and w / b the parameters in TX, y the branch in TY
 // or absent; arithmetic in fp32):
-//   s = x + y, rounded to TX         (written to `sum` when y is present)
+//   y' = keep(i) ? y * scale : 0     (dropout of the branch; keep(i) is a hash of the
+//                                     seed and the element's index i, true with
+//                                     probability 1 - p: `h >= threshold`; p = 0 keeps
+//                                     everything with scale 1)
+//   s = x + y', rounded to TX        (written to `sum` when y is present)
 //   mu = mean(s), rstd = 1 / sqrt(mean((s - mu)^2) + eps)   (biased, as torch)
 //   out = (s - mu) * rstd * w + b    (written in TO, rounded once)
 //   mean[row] = mu, rstd[row] = rstd
@@ -16,7 +20,8 @@
 // Backward, per row (g = dL/d out in TO, gs = dL/d sum in TX or absent):
 //   xh = (s - mu) * rstd, gw = g * w
 //   ds = rstd * (gw - mean(gw) - xh * mean(gw * xh)) + gs
-//   dx = ds (rounded to TX), dy = ds (rounded to TY, when y was present)
+//   dx = ds (rounded to TX), dy = keep(i) ? ds * scale : 0 (rounded to TY, when y was
+//   present; the mask is recomputed from the seed, never stored)
 //   dw += g * xh, db += g   (per warp, over the rows it visits; written to
 //                            dw_part / db_part [warps, d], summed by the caller)
 // Same formulas as the reference path mome_core::kernels::add_ln_*_reference.
@@ -52,6 +57,24 @@ __device__ __forceinline__ float round_to(const unsigned short*, float v) {
     return bf16_to_f32(f32_to_bf16(v));
 }
 
+// A 32-bit integer hash (two xor-shift-multiply rounds).
+__device__ __forceinline__ unsigned int mix32(unsigned int x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+// Whether element i of the branch is kept (see the top of the file).
+__device__ __forceinline__ bool keep(unsigned long long seed, unsigned long long i,
+                                     unsigned int threshold) {
+    unsigned int h = mix32((unsigned int)i ^ (unsigned int)seed);
+    h = mix32(h ^ (unsigned int)(i >> 32) ^ (unsigned int)(seed >> 32));
+    return h >= threshold;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -62,12 +85,14 @@ __device__ void add_ln_fwd(const TX* __restrict__ x, const TY* __restrict__ y,
                            const TX* __restrict__ w, const TX* __restrict__ b,
                            TX* __restrict__ sum, TO* __restrict__ out,
                            float* __restrict__ mean, float* __restrict__ rstd, int rows,
-                           int d, float eps) {
+                           int d, float eps, const long long* __restrict__ seed_p,
+                           unsigned int threshold, float scale) {
     const int warps = blockDim.x >> 5;
     const int row = blockIdx.x * warps + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (row >= rows) return;
     const size_t base = (size_t)row * (size_t)d;
+    const unsigned long long seed = seed_p != nullptr ? (unsigned long long)*seed_p : 0ull;
     float v[COLS];
     float s = 0.0f;
 #pragma unroll
@@ -77,7 +102,8 @@ __device__ void add_ln_fwd(const TX* __restrict__ x, const TY* __restrict__ y,
         if (c < d) {
             t = load(x, base + c);
             if (y != nullptr) {
-                t = round_to(x, t + load(y, base + c));
+                const float yv = keep(seed, base + c, threshold) ? load(y, base + c) * scale : 0.0f;
+                t = round_to(x, t + yv);
                 store(sum, base + c, t);
             }
         }
@@ -112,7 +138,8 @@ __device__ void add_ln_bwd(const TX* __restrict__ s, const float* __restrict__ m
                            const TO* __restrict__ g, const TX* __restrict__ gs,
                            TX* __restrict__ dx, TY* __restrict__ dy,
                            float* __restrict__ dw_part, float* __restrict__ db_part, int rows,
-                           int d) {
+                           int d, const long long* __restrict__ seed_p, unsigned int threshold,
+                           float scale) {
     const int warps = blockDim.x >> 5;
     const int wid = blockIdx.x * warps + (threadIdx.x >> 5);
     const int nw = gridDim.x * warps;
@@ -124,6 +151,7 @@ __device__ void add_ln_bwd(const TX* __restrict__ s, const float* __restrict__ m
         ab[k] = 0.0f;
     }
     const float inv_d = 1.0f / (float)d;
+    const unsigned long long seed = seed_p != nullptr ? (unsigned long long)*seed_p : 0ull;
     for (int row = wid; row < rows; row += nw) {
         const size_t base = (size_t)row * (size_t)d;
         const float mu = mean[row], rs = rstd[row];
@@ -151,7 +179,9 @@ __device__ void add_ln_bwd(const TX* __restrict__ s, const float* __restrict__ m
                 float r = rs * (load(g, base + c) * load(w, c) - s1 - xh * s2);
                 if (gs != nullptr) r += load(gs, base + c);
                 store(dx, base + c, r);
-                if (dy != nullptr) store(dy, base + c, r);
+                if (dy != nullptr) {
+                    store(dy, base + c, keep(seed, base + c, threshold) ? r * scale : 0.0f);
+                }
             }
         }
     }
@@ -171,14 +201,17 @@ __device__ void add_ln_bwd(const TX* __restrict__ s, const float* __restrict__ m
 #define ADD_LN(NX, TX, NY, TY, NO, TO)                                                   \
     extern "C" __global__ void add_ln_fwd_##NX##_##NY##_##NO(                            \
         const TX* x, const TY* y, const TX* w, const TX* b, TX* sum, TO* out,            \
-        float* mean, float* rstd, int rows, int d, float eps) {                          \
-        add_ln_fwd<TX, TY, TO>(x, y, w, b, sum, out, mean, rstd, rows, d, eps);          \
+        float* mean, float* rstd, const long long* seed, int rows, int d, float eps,     \
+        unsigned int threshold, float scale) {                                           \
+        add_ln_fwd<TX, TY, TO>(x, y, w, b, sum, out, mean, rstd, rows, d, eps, seed,     \
+                               threshold, scale);                                        \
     }                                                                                    \
     extern "C" __global__ void add_ln_bwd_##NX##_##NY##_##NO(                            \
         const TX* s, const float* mean, const float* rstd, const TX* w, const TO* g,     \
-        const TX* gs, TX* dx, TY* dy, float* dw_part, float* db_part, int rows, int d) { \
+        const TX* gs, TX* dx, TY* dy, float* dw_part, float* db_part,                    \
+        const long long* seed, int rows, int d, unsigned int threshold, float scale) {   \
         add_ln_bwd<TX, TY, TO>(s, mean, rstd, w, g, gs, dx, dy, dw_part, db_part, rows, \
-                               d);                                                       \
+                               d, seed, threshold, scale);                               \
     }
 
 #define ADD_LN_X(NX, TX)                                          \

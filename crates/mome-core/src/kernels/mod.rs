@@ -303,6 +303,7 @@ pub fn softmax_xent_grad(
 enum Scalar {
     F32(f32),
     I32(i32),
+    U32(u32),
 }
 
 /// The launch of a one-block-per-row kernel over logits `z` `[rows, V]` (bf16 or
@@ -420,6 +421,7 @@ unsafe fn launch(
         match e {
             Scalar::F32(v) => launch.arg(v),
             Scalar::I32(v) => launch.arg(v),
+            Scalar::U32(v) => launch.arg(v),
         };
     }
     // SAFETY: the caller's contract.
@@ -557,6 +559,70 @@ pub struct AddLnForward<'a> {
     pub mean: &'a Tensor,
     /// Written with each row's `1 / sqrt(var + eps)`, fp32 `[rows]`.
     pub rstd: &'a Tensor,
+    /// The branch's dropout: `None`, or the probability of dropping an element with
+    /// the int64 `[1]` seed of its mask ([`BranchDropout`]).
+    pub dropout: Option<BranchDropout<'a>>,
+}
+
+/// Dropout of the branch inside the add + layer norm kernels: element `i` of `y`
+/// (row-major index in `[rows, d]`) is kept with probability `1 - p` by a hash of
+/// `seed` and `i` ([`dropout_keep`]), and scaled by `1 / (1 - p)`; the backward
+/// recomputes the mask from the seed.
+#[derive(Debug, Clone, Copy)]
+pub struct BranchDropout<'a> {
+    /// In `[0, 1)`.
+    pub p: f64,
+    /// int64 `[1]`, on the tensors' device.
+    pub seed: &'a Tensor,
+}
+
+impl BranchDropout<'_> {
+    /// `(threshold, scale)`: kept when the hash is `>= threshold`.
+    fn threshold_scale(&self) -> Result<(u32, f32)> {
+        if !(0.0..1.0).contains(&self.p) {
+            return Err(kernel_err(format!(
+                "dropout probability {} is outside [0, 1)",
+                self.p
+            )));
+        }
+        let t = (self.p * 4_294_967_296.0).round().min(u32::MAX as f64) as u32;
+        Ok((t, (1.0 / (1.0 - self.p)) as f32))
+    }
+}
+
+fn mix32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^= x >> 16;
+    x
+}
+
+/// Whether element `i` is kept under `seed` at `threshold` (add_layer_norm.cu's
+/// `keep`, bit for bit).
+pub fn dropout_keep(seed: i64, i: u64, threshold: u32) -> bool {
+    let seed = seed as u64;
+    let h = mix32((i as u32) ^ (seed as u32));
+    let h = mix32(h ^ ((i >> 32) as u32) ^ ((seed >> 32) as u32));
+    h >= threshold
+}
+
+/// The keep mask (fp32 0 / `scale`) of `n` elements as a `[n]` tensor on the seed's
+/// device.
+fn dropout_scale_mask(d: &BranchDropout<'_>, n: i64) -> Result<Tensor> {
+    let (threshold, scale) = d.threshold_scale()?;
+    let seed = d.seed.f_int64_value(&[0])?;
+    let m: Vec<f32> = (0..n as u64)
+        .map(|i| {
+            if dropout_keep(seed, i, threshold) {
+                scale
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(Tensor::from_slice(&m).f_to_device(d.seed.device())?)
 }
 
 /// The tensors of the backward of [`add_ln_forward`] ([`add_ln_backward`]).
@@ -582,6 +648,8 @@ pub struct AddLnBackward<'a> {
     pub dw: &'a Tensor,
     /// Written: the gradient of the bias (`[d]`, its kind).
     pub db: &'a Tensor,
+    /// The forward's branch dropout.
+    pub dropout: Option<BranchDropout<'a>>,
 }
 
 fn kind_tag(t: &Tensor, what: &str) -> Result<&'static str> {
@@ -649,6 +717,7 @@ pub fn add_ln_forward(a: &AddLnForward<'_>) -> Result<()> {
     expect(a.bias, "the bias", xk, &[d], ordinal)?;
     expect(a.mean, "the means", Kind::Float, &[rows], ordinal)?;
     expect(a.rstd, "the rstds", Kind::Float, &[rows], ordinal)?;
+    let (seed, threshold, scale) = dropout_args(a.dropout.as_ref(), ordinal)?;
     let name = add_ln_name("fwd", x_tag, y_tag, o_tag)?;
     let ptrs = [
         ptr(Some(a.x)),
@@ -659,6 +728,7 @@ pub fn add_ln_forward(a: &AddLnForward<'_>) -> Result<()> {
         ptr(Some(a.out)),
         ptr(Some(a.mean)),
         ptr(Some(a.rstd)),
+        ptr(seed),
     ];
     let warps = ADD_LN_WARPS as i64;
     let grid = ((rows + warps - 1) / warps) as u32;
@@ -666,13 +736,32 @@ pub fn add_ln_forward(a: &AddLnForward<'_>) -> Result<()> {
         Scalar::I32(rows as i32),
         Scalar::I32(d as i32),
         Scalar::F32(a.eps as f32),
+        Scalar::U32(threshold),
+        Scalar::F32(scale),
     ];
-    // SAFETY: the argument list matches add_ln_fwd's signature (8 pointers, the
-    // branch and the sum null together, int rows, int d, float eps); every non-null
+    // SAFETY: the argument list matches add_ln_fwd's signature (9 pointers, the
+    // branch and the sum null together, the seed null without dropout, int rows,
+    // int d, float eps, unsigned threshold, float scale); every non-null
     // pointer is the data of a contiguous tensor checked above for dtype, shape and
     // device, and the kernel touches rows < rows and columns < d <= 1024 only; the
     // tensors outlive the queued work on the null stream (see the module docs).
     unsafe { launch(ordinal, name, (grid, 32 * ADD_LN_WARPS), &ptrs, &scalars) }
+}
+
+/// The seed pointer, threshold and scale of the kernels' dropout arguments (no
+/// dropout: null, 0, 1, which keeps every element unscaled).
+fn dropout_args<'a>(
+    d: Option<&BranchDropout<'a>>,
+    ordinal: usize,
+) -> Result<(Option<&'a Tensor>, u32, f32)> {
+    match d {
+        None => Ok((None, 0, 1.0)),
+        Some(d) => {
+            expect(d.seed, "the dropout seed", Kind::Int64, &[1], ordinal)?;
+            let (t, s) = d.threshold_scale()?;
+            Ok((Some(d.seed), t, s))
+        }
+    }
 }
 
 fn add_ln_name(dir: &str, x: &str, y: &str, o: &str) -> Result<&'static str> {
@@ -718,6 +807,7 @@ pub fn add_ln_backward(a: &AddLnBackward<'_>) -> Result<()> {
     };
     expect(a.dw, "dw", xk, &[d], ordinal)?;
     expect(a.db, "db", xk, &[d], ordinal)?;
+    let (seed, threshold, scale) = dropout_args(a.dropout.as_ref(), ordinal)?;
     let name = add_ln_name("bwd", x_tag, y_tag, o_tag)?;
     let warps = ADD_LN_WARPS as i64;
     let grid = ((rows + warps - 1) / warps).min(ADD_LN_BWD_BLOCKS as i64);
@@ -734,10 +824,17 @@ pub fn add_ln_backward(a: &AddLnBackward<'_>) -> Result<()> {
         ptr(a.dy),
         ptr(Some(&dw_part)),
         ptr(Some(&db_part)),
+        ptr(seed),
     ];
-    let scalars = [Scalar::I32(rows as i32), Scalar::I32(d as i32)];
-    // SAFETY: the argument list matches add_ln_bwd's signature (10 pointers, int rows,
-    // int d); every non-null pointer is the data of a contiguous tensor checked above
+    let scalars = [
+        Scalar::I32(rows as i32),
+        Scalar::I32(d as i32),
+        Scalar::U32(threshold),
+        Scalar::F32(scale),
+    ];
+    // SAFETY: the argument list matches add_ln_bwd's signature (11 pointers, the seed
+    // null without dropout, int rows, int d, unsigned threshold, float scale); every
+    // non-null pointer is the data of a contiguous tensor checked above
     // (or `parts`, [2, grid * 8, d] fp32: warp `w` writes row `w` of each half) for
     // dtype, shape and device; the kernel touches rows < rows, columns < d <= 1024;
     // the tensors outlive the queued work on the null stream (see the module docs).
@@ -761,8 +858,12 @@ pub fn add_ln_forward_reference(a: &AddLnForward<'_>) -> Result<()> {
     let s = match a.y {
         // Rounded to the residual's kind, as the kernel does.
         Some(y) => {
+            let mut y = y.f_to_kind(Kind::Float)?;
+            if let Some(d) = &a.dropout {
+                y = y.f_mul(&dropout_scale_mask(d, y.numel() as i64)?.f_view_as(&y)?)?;
+            }
             a.x.f_to_kind(Kind::Float)?
-                .f_add(&y.f_to_kind(Kind::Float)?)?
+                .f_add(&y)?
                 .f_to_kind(a.x.kind())?
                 .f_to_kind(Kind::Float)?
         }
@@ -804,7 +905,11 @@ pub fn add_ln_backward_reference(a: &AddLnBackward<'_>) -> Result<()> {
     }
     a.dx.shallow_clone().f_copy_(&ds)?;
     if let Some(dy) = a.dy {
-        dy.shallow_clone().f_copy_(&ds)?;
+        let g = match &a.dropout {
+            Some(d) => ds.f_mul(&dropout_scale_mask(d, ds.numel() as i64)?.f_view_as(&ds)?)?,
+            None => ds.shallow_clone(),
+        };
+        dy.shallow_clone().f_copy_(&g)?;
     }
     let rows = [0i64];
     a.dw.shallow_clone().f_copy_(&(&g * &xh).f_sum_dim_intlist(

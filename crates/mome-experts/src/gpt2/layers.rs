@@ -74,22 +74,24 @@ impl LayerNorm {
         Self { weight, bias, eps }
     }
 
-    /// `sum = residual + branch` (the residual without a branch) and `LN(sum)` in
-    /// `out_kind`, computed in fp32 ([`mome_core::norm`]).
+    /// `sum = residual + dropout(branch)` (the residual without a branch; the branch
+    /// comes with its dropout probability) and `LN(sum)` in `out_kind`, computed in
+    /// fp32 ([`mome_core::norm`]).
     pub(crate) fn add_forward(
         &self,
         residual: &Tensor,
-        branch: Option<&Tensor>,
+        branch: Option<(&Tensor, f64)>,
         out_kind: Kind,
         path: AddLnPath,
     ) -> Result<AddLnOutput> {
         Ok(add_layer_norm(
             &AddLayerNorm {
                 residual,
-                branch,
+                branch: branch.map(|b| b.0),
                 weight: &self.weight,
                 bias: &self.bias,
                 eps: self.eps,
+                dropout: branch.map_or(0.0, |b| b.1),
                 out_kind,
             },
             path,
@@ -167,7 +169,6 @@ pub(crate) struct Attention {
     head_dim: i64,
     scale: f64,
     attn_pdrop: f64,
-    resid_pdrop: f64,
 }
 
 impl Attention {
@@ -190,7 +191,6 @@ impl Attention {
             head_dim: cfg.head_dim(),
             scale,
             attn_pdrop: cfg.attn_pdrop,
-            resid_pdrop: cfg.resid_pdrop,
         }
     }
 
@@ -231,9 +231,8 @@ impl Attention {
             false,
         );
         let y = y.transpose(1, 2).reshape([b, t, c]);
-        self.c_proj
-            .forward(&y, kind)
-            .dropout(self.resid_pdrop, train)
+        // The residual dropout of the output happens in the add after it.
+        self.c_proj.forward(&y, kind)
     }
 }
 
@@ -242,7 +241,6 @@ pub(crate) struct Mlp {
     c_fc: Conv1D,
     c_proj: Conv1D,
     act: Activation,
-    resid_pdrop: f64,
 }
 
 impl Mlp {
@@ -253,30 +251,29 @@ impl Mlp {
             c_fc: Conv1D::new(&p.sub("c_fc"), cfg.n_embd, cfg.inner_dim(), std),
             c_proj: Conv1D::new(&p.sub("c_proj"), cfg.inner_dim(), cfg.n_embd, proj_std),
             act: cfg.activation_function,
-            resid_pdrop: cfg.resid_pdrop,
         }
     }
 
-    pub(crate) fn forward(&self, x: &Tensor, kind: Kind, train: bool) -> Tensor {
+    /// `c_proj(act(c_fc(x)))`; its residual dropout happens in the add after it.
+    pub(crate) fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
         let h = self.act.apply(&self.c_fc.forward(x, kind));
-        self.c_proj
-            .forward(&h, kind)
-            .dropout(self.resid_pdrop, train)
+        self.c_proj.forward(&h, kind)
     }
 }
 
-/// One pre-LN GPT-2 block: `h = x + attn(ln_1(x)); out = h + mlp(ln_2(h))`.
+/// One pre-LN GPT-2 block: `h = x + drop(attn(ln_1(x))); out = h + drop(mlp(ln_2(h)))`.
 ///
-/// Each residual add is fused with the layer norm after it ([`mome_core::norm`]):
-/// the block takes the previous block's MLP output still unadded (`pending`) and
-/// returns its own, so that `out` is formed by the next block's `ln_1` (or the
-/// stack's `ln_f`).
+/// Each residual add (with the dropout of its branch) is fused with the layer norm
+/// after it ([`mome_core::norm`]): the block takes the previous block's MLP output
+/// still unadded (`pending`) and returns its own, so that `out` is formed by the next
+/// block's `ln_1` (or the stack's `ln_f`).
 #[derive(Debug)]
 pub struct Gpt2Block {
     ln_1: LayerNorm,
     attn: Attention,
     ln_2: LayerNorm,
     mlp: Mlp,
+    resid_pdrop: f64,
 }
 
 /// What one block hands on: its output is `hidden + mlp`, left to the next add.
@@ -285,14 +282,17 @@ pub(crate) struct BlockOutput {
     pub input: Tensor,
     /// `h = input + attn(ln_1(input))`.
     pub hidden: Tensor,
-    /// `mlp(ln_2(h))`, not yet added to `h`.
+    /// `mlp(ln_2(h))`, not yet dropped out nor added to `h`.
     pub mlp: Tensor,
+    /// The dropout probability of `mlp` in that add (0 outside training).
+    pub mlp_dropout: f64,
 }
 
 /// The inputs of [`Gpt2Block::forward`] besides the residual.
 pub(crate) struct BlockInput<'a> {
-    /// The previous block's MLP output, not yet added to the residual.
-    pub pending: Option<&'a Tensor>,
+    /// The previous block's MLP output, not yet added to the residual, with its
+    /// dropout probability.
+    pub pending: Option<(&'a Tensor, f64)>,
     pub mask: &'a AttnMask,
     pub kv: Option<&'a mut Option<(Tensor, Tensor)>>,
     /// The compute kind of the matmuls and attention.
@@ -309,20 +309,23 @@ impl Gpt2Block {
             attn: Attention::new(&p.sub("attn"), cfg, layer_idx),
             ln_2: LayerNorm::new(&p.sub("ln_2"), cfg.n_embd, cfg.layer_norm_epsilon),
             mlp: Mlp::new(&p.sub("mlp"), cfg),
+            resid_pdrop: cfg.resid_pdrop,
         }
     }
 
     pub(crate) fn forward(&self, x: &Tensor, i: BlockInput<'_>) -> Result<BlockOutput> {
         let a = self.ln_1.add_forward(x, i.pending, i.kind, i.add_ln)?;
         let attn = self.attn.forward(&a.normed, i.mask, i.kv, i.kind, i.train);
+        let p = if i.train { self.resid_pdrop } else { 0.0 };
         let h = self
             .ln_2
-            .add_forward(&a.sum, Some(&attn), i.kind, i.add_ln)?;
-        let mlp = self.mlp.forward(&h.normed, i.kind, i.train);
+            .add_forward(&a.sum, Some((&attn, p)), i.kind, i.add_ln)?;
+        let mlp = self.mlp.forward(&h.normed, i.kind);
         Ok(BlockOutput {
             input: a.sum,
             hidden: h.sum,
             mlp,
+            mlp_dropout: p,
         })
     }
 

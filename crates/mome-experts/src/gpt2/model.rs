@@ -126,13 +126,13 @@ impl Gpt2Stack {
         let mut all = output_hidden_states.then(Vec::new);
         let add_ln = self.add_layer_norm.resolve_add_ln(hidden.device());
         let mut h = hidden.shallow_clone();
-        let mut pending: Option<Tensor> = None;
+        let mut pending: Option<(Tensor, f64)> = None;
         for (i, block) in self.blocks.iter().enumerate() {
             let kv = cache.as_deref_mut().map(|c| c.layer_mut(i));
             let out = block.forward(
                 &h,
                 BlockInput {
-                    pending: pending.as_ref(),
+                    pending: pending.as_ref().map(|(m, p)| (m, *p)),
                     mask: &mask,
                     kv,
                     kind: self.compute_kind,
@@ -144,16 +144,16 @@ impl Gpt2Stack {
                 all.push(out.input);
             }
             h = out.hidden;
-            pending = Some(out.mlp);
+            pending = Some((out.mlp, out.mlp_dropout));
         }
         // ln_f's output keeps the residual stream's kind (fp32 for fp32 parameters).
         let out_kind = match &pending {
-            Some(m) => promoted(h.kind(), m.kind()),
+            Some((m, _)) => promoted(h.kind(), m.kind()),
             None => h.kind(),
         };
         let last = self
             .ln_f
-            .add_forward(&h, pending.as_ref(), out_kind, add_ln)?
+            .add_forward(&h, pending.as_ref().map(|(m, p)| (m, *p)), out_kind, add_ln)?
             .normed;
         if let Some(all) = all.as_mut() {
             all.push(last.shallow_clone());
