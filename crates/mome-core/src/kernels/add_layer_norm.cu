@@ -1,6 +1,6 @@
 // Residual add + layer norm, forward and backward, for mome_core::norm (the pre-LN
 // transformer block's `h = x + y; ln(h)`). Compiled at run time by NVRTC
-// (mome_core::kernels); no headers, so bf16 is handled as raw 16-bit words.
+// (mome_core::kernels); no headers: bf16 is raw 16-bit words (bf16.cuh, prepended).
 //
 // Rows of width d <= 1024; one warp per row, lane l holds columns l, l + 32, ...
 // (COLS = 32 per lane at most), so every reduction is a warp shuffle.
@@ -27,20 +27,6 @@
 // Same formulas as the reference path mome_core::kernels::add_ln_*_reference.
 
 #define COLS 32
-
-__device__ __forceinline__ float bf16_to_f32(unsigned short h) {
-    return __uint_as_float(((unsigned int)h) << 16);
-}
-
-// Round to nearest even, NaN kept NaN (as torch's float -> bfloat16 cast).
-__device__ __forceinline__ unsigned short f32_to_bf16(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        return (unsigned short)((u >> 16) | 0x0040u);
-    }
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
 
 __device__ __forceinline__ float load(const float* p, size_t i) { return p[i]; }
 __device__ __forceinline__ float load(const unsigned short* p, size_t i) {

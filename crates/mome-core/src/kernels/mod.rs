@@ -42,7 +42,7 @@ use crate::{Error, Result};
 pub struct KernelSource {
     /// File name under `crates/mome-core/src/kernels/`.
     pub name: &'static str,
-    /// CUDA C++ text.
+    /// CUDA C++ text (`bf16.cuh`, then the file).
     pub text: &'static str,
     /// The `extern "C"` kernels it defines.
     pub kernels: &'static [&'static str],
@@ -52,7 +52,7 @@ pub struct KernelSource {
 /// KD term against teacher logits (bf16 and fp32).
 pub const SOFTMAX_XENT: KernelSource = KernelSource {
     name: "softmax_xent.cu",
-    text: include_str!("softmax_xent.cu"),
+    text: concat!(include_str!("bf16.cuh"), include_str!("softmax_xent.cu")),
     kernels: &[
         "softmax_xent_grad_bf16",
         "softmax_xent_grad_f32",
@@ -65,7 +65,7 @@ pub const SOFTMAX_XENT: KernelSource = KernelSource {
 /// and output each in bf16 or fp32).
 pub const ADD_LAYER_NORM: KernelSource = KernelSource {
     name: "add_layer_norm.cu",
-    text: include_str!("add_layer_norm.cu"),
+    text: concat!(include_str!("bf16.cuh"), include_str!("add_layer_norm.cu")),
     kernels: &[
         "add_ln_fwd_f32_f32_f32",
         "add_ln_fwd_f32_f32_bf16",

@@ -1,6 +1,6 @@
 // Row-wise softmax cross-entropy and its gradient, in place, for the chunked fused
 // linear cross-entropy (mome_core::linear_ce). Compiled at run time by NVRTC
-// (mome_core::kernels::cuda); no headers, so bf16 is handled as raw 16-bit words.
+// (mome_core::kernels::cuda); no headers: bf16 is raw 16-bit words (bf16.cuh, prepended).
 //
 // One block per row of z [rows, V] (logits of one chunk of positions):
 //   pass 1: online max and sum of exp over the row (fp32), lse = max + log(sum);
@@ -13,20 +13,6 @@
 
 #define IGNORE_INDEX (-100LL)
 #define NEG_INF __int_as_float(0xff800000)
-
-__device__ __forceinline__ float bf16_to_f32(unsigned short h) {
-    return __uint_as_float(((unsigned int)h) << 16);
-}
-
-// Round to nearest even, NaN kept NaN (as torch's float -> bfloat16 cast).
-__device__ __forceinline__ unsigned short f32_to_bf16(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        return (unsigned short)((u >> 16) | 0x0040u);
-    }
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
 
 // (m, s): running max and sum of exp(x - m). Merging two partial states.
 __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
