@@ -426,7 +426,7 @@ pub fn run_bench(params: &BenchParams, run: &BenchRun) -> Result<BenchReport> {
         adamw: timing.adamw,
         linear_ce,
         linear_kd,
-        add_layer_norm: Some(p.train.kernels.add_layer_norm.resolve_add_ln(device)),
+        add_layer_norm: Some(p.train.kernels.add_layer_norm.resolve_add_ln()),
         peak_gpu_memory_mib: timing.peak_gpu_memory_mib,
         final_loss: timing.final_loss,
         kd,

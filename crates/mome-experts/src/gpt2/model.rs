@@ -124,7 +124,7 @@ impl Gpt2Stack {
         };
         let mask = build_attn_mask(attention_mask, b, t, past, hidden.device())?;
         let mut all = output_hidden_states.then(Vec::new);
-        let add_ln = self.add_layer_norm.resolve_add_ln(hidden.device());
+        let add_ln = self.add_layer_norm.resolve_add_ln();
         let mut h = hidden.shallow_clone();
         let mut pending: Option<(Tensor, f64)> = None;
         for (i, block) in self.blocks.iter().enumerate() {
