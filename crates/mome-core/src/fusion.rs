@@ -232,6 +232,19 @@ mod tests {
     }
 
     #[test]
+    fn add_layer_norm_key_parses_and_auto_is_the_reference_for_now() {
+        use crate::norm::AddLnPath;
+        let k: KernelConfig = toml::from_str("add_layer_norm = \"fused\"").unwrap();
+        assert_eq!(k.add_layer_norm.resolve_add_ln(), AddLnPath::Fused);
+        assert_eq!(
+            KernelConfig::default().add_layer_norm.resolve_add_ln(),
+            AddLnPath::Reference
+        );
+        assert!("fast".parse::<FusionMode>().is_err());
+        assert!(toml::from_str::<KernelConfig>("add_layer_norm = \"chunked\"").is_err());
+    }
+
+    #[test]
     fn chunk_rows_follow_the_byte_budget_or_the_key() {
         let k = KernelConfig::default();
         assert_eq!(k.ce_chunk_rows(1 << 20, 32_000, 2), (256 << 20) / 64_000);

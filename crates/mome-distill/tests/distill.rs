@@ -254,6 +254,44 @@ fn the_frozen_teacher_follows_the_run_precision() {
     }
 }
 
+/// `[train.kernels]` reaches the frozen online teacher too: its blocks run the
+/// run's `add_layer_norm` path.
+#[test]
+fn the_frozen_teacher_follows_the_run_kernels() {
+    use mome_core::fusion::{FusionMode, KernelConfig};
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let m = mome_experts::Gpt2LmHeadModel::new(&vs.root(), &model(1, 16, 2)).unwrap();
+    let dir = tmp.path().join("teacher");
+    m.save_pretrained(&dir).unwrap();
+    let section = TeacherSection {
+        dir: Some(dir),
+        cache: None,
+        bf16: Some(false),
+    };
+    for mode in [FusionMode::Fused, FusionMode::Reference] {
+        let teacher = section
+            .load(tch::Device::Cpu, mome_core::Precision::Fp32)
+            .unwrap();
+        let kernels = KernelConfig {
+            add_layer_norm: mode,
+            ..Default::default()
+        };
+        let kd = mome_distill::objective::KdTerm::new(
+            teacher,
+            &DistillSettings::default(),
+            tch::Device::Cpu,
+        )
+        .with_kernels(&kernels, tch::Device::Cpu, tch::Kind::Float)
+        .unwrap();
+        let mome_distill::TeacherModel::Online { model, .. } = kd.teacher() else {
+            panic!("an online teacher")
+        };
+        assert_eq!(model.transformer().stack().add_layer_norm(), mode);
+    }
+}
+
 /// `[train.kernels] linear_kd = "chunked"` (the student's head, CE and KD in chunks,
 /// the online teacher's head chunked too) trains like the reference path: the same
 /// CE, KD and adaptive weights at every step, within float rounding.

@@ -166,6 +166,27 @@ fn single_domain_batch_matches_the_gathered_path() {
     assert!(close(&out.logits, &ref_logits(&r, &x)));
 }
 
+/// `[train.kernels] add_layer_norm` reaches every expert, the common one included.
+#[test]
+fn kernels_reach_every_expert() {
+    use mome_core::fusion::{FusionMode, KernelConfig};
+    let cfg = moe_cfg(Arch::MoeCe, &["en", "fr"], false);
+    let (_vs, mut model) = build(&cfg, 5);
+    model.set_kernels(&KernelConfig {
+        add_layer_norm: FusionMode::Fused,
+        ..Default::default()
+    });
+    let ids = model.expert_ids();
+    assert!(ids.contains(&ExpertId::Common));
+    for id in ids {
+        assert_eq!(
+            model.stack(id).unwrap().add_layer_norm(),
+            FusionMode::Fused,
+            "{id:?}"
+        );
+    }
+}
+
 #[test]
 fn low_confidence_goes_to_common_expert_alone() {
     let cfg = moe_cfg(Arch::MoeCe, &["en", "fr"], true);

@@ -83,6 +83,11 @@ impl Gpt2Stack {
         self.add_layer_norm = kernels.add_layer_norm;
     }
 
+    /// The `add_layer_norm` mode the blocks run with (see [`Gpt2Stack::set_kernels`]).
+    pub fn add_layer_norm(&self) -> FusionMode {
+        self.add_layer_norm
+    }
+
     /// Runs the blocks and `ln_f` over `hidden` `[B, T, n_embd]`.
     ///
     /// `attention_mask` is `[B, past + T]` (1 = keep, 0 = pad), where `past` is the
