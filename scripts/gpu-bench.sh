@@ -18,7 +18,10 @@
 # `timeout` at the budget's end; skipped or cut ones are named in log.txt and on
 # stderr. REF_PROFILE=1 adds the reference's torch.profiler kernel tables (stderr,
 # into log.txt). CONFIGS overrides the list of configs (names without .toml);
-# MOME_ARGS / REF_ARGS add arguments to every mome / reference run. A CPU smoke test:
+# MOME_ARGS / REF_ARGS add arguments to every mome / reference run. TRACE=1 adds, after
+# the mome runs, one kernel trace per config (`mome bench train --trace`, 3 warm-up +
+# 3 timed steps) summed per kernel by scripts/trace_summary.py into $OUT/traces.md.
+# A CPU smoke test:
 #   CONFIGS=tiny-cpu COMPILED=tiny-cpu MOME=target/debug/mome MOME_ARGS="--vocab-size 512 --mode moe-ce" \
 #   REF_ARGS="--device cpu --vocab-size 512 --mode moe-ce" bash scripts/gpu-bench.sh
 set -uo pipefail
@@ -66,6 +69,19 @@ for c in $CONFIGS; do
   # shellcheck disable=SC2086
   run "mome $c" "$MOME" bench train --config "configs/bench/$c.toml" --json --profile ${MOME_ARGS:-}
 done
+if [ "${TRACE:-0}" = 1 ]; then
+  : >"$OUT/traces.md"
+  for c in $CONFIGS; do
+    # shellcheck disable=SC2086
+    run "trace $c" "$MOME" bench train --config "configs/bench/$c.toml" --warmup 3 --steps 3 \
+      --trace "$OUT/trace-$c.json" ${MOME_ARGS:-}
+    if [ -e "$OUT/trace-$c.json" ]; then
+      { echo "## $c"; echo; "$PYTHON" scripts/trace_summary.py "$OUT/trace-$c.json" --steps 6 --top 25; echo; } \
+        >>"$OUT/traces.md" 2>>"$LOG"
+      rm -f "$OUT/trace-$c.json"
+    fi
+  done
+fi
 for c in $CONFIGS; do
   # shellcheck disable=SC2086
   run "eager $c" "$PYTHON" scripts/bench_reference.py --config "configs/bench/$c.toml" "${prof[@]}" ${REF_ARGS:-}
