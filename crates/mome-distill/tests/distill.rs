@@ -214,14 +214,20 @@ fn adaptive_run_resumes_exactly() {
 
 /// A frozen online teacher follows the run's precision: bf16 under a bf16 run
 /// (unless `bf16 = false` says otherwise), fp32 under an fp32 run.
+/// A one-layer teacher saved under `dir/teacher` (its folder).
+fn saved_teacher(dir: &std::path::Path) -> std::path::PathBuf {
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let m = mome_experts::Gpt2LmHeadModel::new(&vs.root(), &model(1, 16, 2)).unwrap();
+    let path = dir.join("teacher");
+    m.save_pretrained(&path).unwrap();
+    path
+}
+
 #[test]
 fn the_frozen_teacher_follows_the_run_precision() {
     let _g = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let m = mome_experts::Gpt2LmHeadModel::new(&vs.root(), &model(1, 16, 2)).unwrap();
-    let dir = tmp.path().join("teacher");
-    m.save_pretrained(&dir).unwrap();
+    let dir = saved_teacher(tmp.path());
     let section = |bf16| TeacherSection {
         dir: Some(dir.clone()),
         cache: None,
@@ -261,12 +267,8 @@ fn the_frozen_teacher_follows_the_run_kernels() {
     use mome_core::fusion::{FusionMode, KernelConfig};
     let _g = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let m = mome_experts::Gpt2LmHeadModel::new(&vs.root(), &model(1, 16, 2)).unwrap();
-    let dir = tmp.path().join("teacher");
-    m.save_pretrained(&dir).unwrap();
     let section = TeacherSection {
-        dir: Some(dir),
+        dir: Some(saved_teacher(tmp.path())),
         cache: None,
         bf16: Some(false),
     };
