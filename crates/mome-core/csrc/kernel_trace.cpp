@@ -34,7 +34,8 @@ int mome_trace_start(int cuda, char *err, size_t err_len) {
   }
 }
 
-// Stops the trace and writes it to `path` (Chrome trace JSON).
+// Stops the trace and writes it to `path` (Chrome trace JSON), or drops it when
+// `path` is null.
 int mome_trace_stop(const char *path, char *err, size_t err_len) {
   try {
     auto result = torch::autograd::profiler::disableProfiler();
@@ -42,7 +43,9 @@ int mome_trace_stop(const char *path, char *err, size_t err_len) {
       std::snprintf(err, err_len, "the profiler was not running");
       return -1;
     }
-    result->save(path);
+    if (path != nullptr) {
+      result->save(path);
+    }
     return 0;
   } catch (const std::exception &e) {
     std::snprintf(err, err_len, "%s", e.what());

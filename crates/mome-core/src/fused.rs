@@ -24,6 +24,7 @@ use std::ffi::{c_char, c_int, CStr};
 use tch::{Kind, Tensor};
 
 use crate::kernels::{self, AddLnBackward, AddLnForward};
+use crate::norm::AddLayerNorm;
 
 use crate::{Error, Result};
 
@@ -215,13 +216,24 @@ pub(crate) fn trace_start(cuda: bool) -> Result<()> {
     Ok(())
 }
 
-/// Stops the profiler of [`trace_start`] and writes its Chrome trace to `path`.
-pub(crate) fn trace_stop(path: &std::path::Path) -> Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::Config(format!("trace path {} has a NUL byte", path.display())))?;
+/// Stops the profiler of [`trace_start`] and writes its Chrome trace to `path`, or
+/// drops the events without one.
+pub(crate) fn trace_stop(path: Option<&std::path::Path>) -> Result<()> {
+    let c = path
+        .map(|p| {
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+                .map_err(|_| Error::Config(format!("trace path {} has a NUL byte", p.display())))
+        })
+        .transpose()?;
     let mut err = [0 as c_char; 1024];
-    // SAFETY: `c` is a NUL-terminated path; `err` is writable for its length.
-    let rc = unsafe { mome_trace_stop(c.as_ptr(), err.as_mut_ptr(), err.len()) };
+    // SAFETY: `c` is a NUL-terminated path or null; `err` is writable for its length.
+    let rc = unsafe {
+        mome_trace_stop(
+            c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
     if rc != 0 {
         return Err(shim_error("writing the kernel trace", &err));
     }
@@ -231,21 +243,12 @@ pub(crate) fn trace_stop(path: &std::path::Path) -> Result<()> {
 type AddLnFwdFn = unsafe extern "C" fn(*const *const CT, f64, f64, *mut c_char, usize) -> c_int;
 type AddLnBwdFn = unsafe extern "C" fn(*const *const CT, f64, *mut c_char, usize) -> c_int;
 
-/// Applies the add + layer norm autograd function: `(Some(x + y), ln(x + y))` with a
-/// branch (dropped out with probability `dropout` first), `(None, ln(x))` without;
-/// `ln`'s output in `out_kind`. The caller checks the
-/// kinds and shapes the callbacks take (contiguous fp32 residual and parameters, see
-/// [`crate::norm`]).
-pub(crate) fn add_layer_norm(
-    x: &Tensor,
-    y: Option<&Tensor>,
-    weight: &Tensor,
-    bias: &Tensor,
-    eps: f64,
-    dropout: f64,
-    out_kind: Kind,
-) -> Result<(Option<Tensor>, Tensor)> {
-    let out_kind = scalar_type(out_kind)?;
+/// Applies the add + layer norm autograd function to `a` (its residual and branch
+/// contiguous): `(Some(x + y), ln(x + y))` with a branch (dropped out with probability
+/// `a.dropout` first), `(None, ln(x))` without; `ln`'s output in `a.out_kind`. The
+/// caller checks the kinds and shapes the callbacks take (see [`crate::norm`]).
+pub(crate) fn add_layer_norm(a: &AddLayerNorm<'_>) -> Result<(Option<Tensor>, Tensor)> {
+    let out_kind = scalar_type(a.out_kind)?;
     let mut out: [*mut CT; 2] = [std::ptr::null_mut(); 2];
     let mut err = [0 as c_char; 1024];
     // SAFETY: every tensor pointer is a live `at::Tensor*` borrowed for the call (y may
@@ -253,12 +256,13 @@ pub(crate) fn add_layer_norm(
     // the C signatures of csrc/add_layer_norm.cpp; `err` is writable for its length.
     let rc = unsafe {
         mome_add_layer_norm(
-            x.as_ptr() as *const CT,
-            y.map_or(std::ptr::null(), |y| y.as_ptr() as *const CT),
-            weight.as_ptr() as *const CT,
-            bias.as_ptr() as *const CT,
-            eps,
-            dropout,
+            a.residual.as_ptr() as *const CT,
+            a.branch
+                .map_or(std::ptr::null(), |y| y.as_ptr() as *const CT),
+            a.weight.as_ptr() as *const CT,
+            a.bias.as_ptr() as *const CT,
+            a.eps,
+            a.dropout,
             out_kind,
             add_ln_fwd_cb,
             add_ln_bwd_cb,

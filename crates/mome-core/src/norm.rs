@@ -109,15 +109,11 @@ pub fn add_layer_norm(a: &AddLayerNorm<'_>, path: AddLnPath) -> Result<AddLnOutp
     if path == AddLnPath::Fused && fused_takes(a, d) {
         let x = a.residual.f_contiguous()?;
         let y = a.branch.map(Tensor::f_contiguous).transpose()?;
-        let (sum, normed) = crate::fused::add_layer_norm(
-            &x,
-            y.as_ref(),
-            a.weight,
-            a.bias,
-            a.eps,
-            a.dropout,
-            a.out_kind,
-        )?;
+        let (sum, normed) = crate::fused::add_layer_norm(&AddLayerNorm {
+            residual: &x,
+            branch: y.as_ref(),
+            ..*a
+        })?;
         return Ok(AddLnOutput {
             sum: sum.unwrap_or(x),
             normed,

@@ -34,7 +34,7 @@ impl KernelTrace {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".partial");
         let tmp = std::path::PathBuf::from(tmp);
-        crate::fused::trace_stop(&tmp)?;
+        crate::fused::trace_stop(Some(&tmp))?;
         std::fs::rename(&tmp, path).map_err(|e| crate::Error::Io {
             path: path.to_path_buf(),
             source: e,
@@ -46,10 +46,7 @@ impl Drop for KernelTrace {
     fn drop(&mut self) {
         if self.running {
             // Stopped without a file: the profiler is disabled, the events dropped.
-            let dir = std::env::temp_dir().join(format!("mome-trace-{}.json", std::process::id()));
-            if crate::fused::trace_stop(&dir).is_ok() {
-                let _ = std::fs::remove_file(&dir);
-            }
+            let _ = crate::fused::trace_stop(None);
         }
     }
 }
@@ -191,6 +188,26 @@ pub fn gpu_memory_mib() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_trace_is_written_whole_and_a_dropped_one_frees_the_profiler() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trace.json");
+        // Dropped without a file: the profiler stops, so the next trace can start.
+        drop(KernelTrace::start(Device::Cpu).unwrap());
+        let t = KernelTrace::start(Device::Cpu).unwrap();
+        let _ = (tch::Tensor::ones([4, 4], (tch::Kind::Float, Device::Cpu)) * 2.0)
+            .sum(tch::Kind::Float);
+        t.finish(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("traceEvents"),
+            "{}",
+            &text[..text.len().min(200)]
+        );
+        assert!(text.contains("aten::mul"));
+        assert!(!dir.path().join("trace.json.partial").exists());
+    }
 
     #[test]
     fn a_disabled_profiler_records_nothing() {
